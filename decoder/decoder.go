@@ -1,0 +1,499 @@
+package decoder
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// Type OIDs of the payload types the relay accepts (pg_type.oid).
+const (
+	oidBytea   = 17
+	oidText    = 25
+	oidJSON    = 114
+	oidVarchar = 1043
+	oidJSONB   = 3802
+)
+
+// supportedPayloadTypes is quoted in the error for any other payload type.
+const supportedPayloadTypes = "jsonb, json, text, varchar or bytea"
+
+// maxTopicCache bounds the rendered-topic cache; templates over
+// high-cardinality columns would otherwise grow it without limit.
+const maxTopicCache = 4096
+
+// pgEpochMicros is 2000-01-01 UTC, PostgreSQL's epoch, in Unix microseconds.
+const pgEpochMicros = 946684800 * 1000000
+
+// Decoder turns pgoutput (protocol version 1, text tuples) into Ops. It
+// keeps the relation cache and the open transaction between calls, so it
+// must see every message of a session in order; it is not safe for
+// concurrent use.
+type Decoder struct {
+	schema, table string
+	cols          Columns
+	topic         []segment
+	heartbeat     string
+
+	rels       map[uint32]*relation
+	inTxn      bool
+	commitTime time.Time
+
+	// Scratch reused by every Decode: the hot path should not allocate
+	// more than the event it returns.
+	tuple  []tupleField
+	strBuf []byte
+	topBuf []byte
+	keyBuf []byte
+	valBuf []byte
+	hdrBuf []headerEntry
+	topics map[string]string
+}
+
+// relation is one entry of the relation cache.
+type relation struct {
+	namespace, name string
+	ncols           int
+	// outbox is set when the relation is the configured outbox table.
+	outbox *layout
+}
+
+// layout locates the logical columns in an outbox relation's tuples,
+// computed once per Relation message instead of once per row. -1 means
+// the relation has no such column.
+type layout struct {
+	id, aggType, aggID, eventType, payload, headers, createdAt int
+	payloadOID                                                 uint32
+	// topicCols holds, per template segment, the column index of a raw
+	// placeholder (-1 when absent or not a raw placeholder).
+	topicCols []int
+}
+
+// tupleField is one column of a tuple, as offsets into the message.
+type tupleField struct {
+	kind       byte // 'n' NULL or 't' text
+	start, end int
+}
+
+// New returns a Decoder for cfg; empty fields take their defaults.
+func New(cfg Config) (*Decoder, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	schema, table, _ := splitTable(cfg.Table)
+	topic, _ := compileTopic(cfg.Topic)
+	return &Decoder{
+		schema:    schema,
+		table:     table,
+		cols:      cfg.Columns,
+		topic:     topic,
+		heartbeat: cfg.HeartbeatPrefix,
+		rels:      make(map[uint32]*relation),
+		topics:    make(map[string]string),
+	}, nil
+}
+
+// Decode parses one pgoutput message, the WALData of one XLogData received
+// at walStart. Nothing returned aliases data: the caller may reuse it.
+// Errors wrap ErrMalformed for bytes that are not pgoutput, or are a
+// *RowError for an outbox row that cannot become an event.
+func (d *Decoder) Decode(data []byte, walStart pglogrepl.LSN) (Op, error) {
+	if len(data) == 0 {
+		return Op{}, malformed(walStart, "empty message")
+	}
+	r := reader{b: data, off: 1}
+	switch data[0] {
+	case 'B':
+		final, ts, xid := r.u64(), r.u64(), r.u32()
+		if err := r.done(walStart, "begin"); err != nil {
+			return Op{}, err
+		}
+		d.inTxn, d.commitTime = true, pgTime(ts)
+		return Op{Kind: KindBegin, XID: xid, CommitLSN: pglogrepl.LSN(final), CommitTime: d.commitTime}, nil
+	case 'C':
+		_ = r.u8() // flags, unused
+		commit, end, ts := r.u64(), r.u64(), r.u64()
+		if err := r.done(walStart, "commit"); err != nil {
+			return Op{}, err
+		}
+		d.inTxn = false
+		return Op{Kind: KindCommit, CommitLSN: pglogrepl.LSN(commit), EndLSN: pglogrepl.LSN(end), CommitTime: pgTime(ts)}, nil
+	case 'R':
+		return Op{}, d.relation(&r, walStart)
+	case 'I':
+		return d.insert(&r, walStart)
+	case 'M':
+		// Heartbeats and every other prefix carry nothing for the relay
+		// yet; parsing still rejects garbage.
+		_, _, _ = r.u8(), r.u64(), r.cstring()
+		r.bytes(int(r.u32()))
+		if err := r.done(walStart, "logical decoding message"); err != nil {
+			return Op{}, err
+		}
+		return Op{Kind: KindSkip}, nil
+	case 'Y', 'O', 'T', 'U', 'D':
+		// Types, origins, truncates, updates and deletes never make events:
+		// deleting or pruning outbox rows must not publish anything.
+		return Op{Kind: KindSkip}, nil
+	}
+	return Op{}, malformed(walStart, fmt.Sprintf("unknown message type %q", data[0]))
+}
+
+// relation replaces the cache entry for a Relation message's OID: the
+// server sends one again after reconnects and schema changes.
+func (d *Decoder) relation(r *reader, walStart pglogrepl.LSN) error {
+	oid := r.u32()
+	ns, name := r.cstring(), r.cstring()
+	_ = r.u8() // replica identity
+	n := int(r.u16())
+	rel := &relation{namespace: string(ns), name: string(name), ncols: n}
+	isOutbox := rel.namespace == d.schema && rel.name == d.table
+	var lay *layout
+	if isOutbox {
+		lay = &layout{id: -1, aggType: -1, aggID: -1, eventType: -1, payload: -1, headers: -1, createdAt: -1}
+		lay.topicCols = make([]int, len(d.topic))
+		for i := range lay.topicCols {
+			lay.topicCols[i] = -1
+		}
+	}
+	for i := 0; i < n && !r.bad; i++ {
+		_ = r.u8() // flags (part of the key)
+		col := r.cstring()
+		typ := r.u32()
+		_ = r.u32() // type modifier
+		if lay == nil {
+			continue
+		}
+		// string(col) in comparisons does not allocate.
+		if string(col) == d.cols.ID {
+			lay.id = i
+		}
+		if string(col) == d.cols.AggregateType {
+			lay.aggType = i
+		}
+		if string(col) == d.cols.AggregateID {
+			lay.aggID = i
+		}
+		if string(col) == d.cols.EventType {
+			lay.eventType = i
+		}
+		if string(col) == d.cols.Payload {
+			lay.payload, lay.payloadOID = i, typ
+		}
+		if d.cols.Headers != "" && string(col) == d.cols.Headers {
+			lay.headers = i
+		}
+		if d.cols.CreatedAt != "" && string(col) == d.cols.CreatedAt {
+			lay.createdAt = i
+		}
+		for j, seg := range d.topic {
+			if seg.field == fieldRaw && string(col) == seg.text {
+				lay.topicCols[j] = i
+			}
+		}
+	}
+	if err := r.done(walStart, "relation"); err != nil {
+		return err
+	}
+	rel.outbox = lay
+	d.rels[oid] = rel
+	return nil
+}
+
+// insert decodes an Insert: an event when it is into the outbox table.
+func (d *Decoder) insert(r *reader, walStart pglogrepl.LSN) (Op, error) {
+	oid := r.u32()
+	if r.u8() != 'N' || r.bad {
+		return Op{}, malformed(walStart, "insert message without a new tuple")
+	}
+	rel := d.rels[oid]
+	if rel == nil {
+		return Op{}, malformed(walStart, fmt.Sprintf("insert into relation OID %d before its relation message (protocol violation)", oid))
+	}
+	if rel.outbox == nil {
+		return Op{Kind: KindSkip}, nil
+	}
+	if !d.inTxn {
+		return Op{}, malformed(walStart, "insert outside a transaction")
+	}
+	if err := d.readTuple(r, rel, walStart); err != nil {
+		return Op{}, err
+	}
+	ev, err := d.event(r.b, rel, walStart)
+	if err != nil {
+		return Op{}, err
+	}
+	return Op{Kind: KindEvent, Event: ev}, nil
+}
+
+// readTuple fills d.tuple with the columns of an insert's TupleData.
+func (d *Decoder) readTuple(r *reader, rel *relation, walStart pglogrepl.LSN) error {
+	n := int(r.u16())
+	if r.bad {
+		return malformed(walStart, "truncated insert message")
+	}
+	if n != rel.ncols {
+		return malformed(walStart, fmt.Sprintf("insert into %s.%s with %d columns, relation message had %d", rel.namespace, rel.name, n, rel.ncols))
+	}
+	t := d.tuple[:0]
+	for i := 0; i < n; i++ {
+		switch kind := r.u8(); kind {
+		case 'n':
+			t = append(t, tupleField{kind: 'n'})
+		case 't':
+			l := int(r.u32())
+			start := r.off
+			r.bytes(l)
+			t = append(t, tupleField{kind: 't', start: start, end: r.off})
+		case 'u':
+			return malformed(walStart, fmt.Sprintf("unchanged TOAST value in an insert into %s.%s", rel.namespace, rel.name))
+		case 'b':
+			return malformed(walStart, fmt.Sprintf("binary value in an insert into %s.%s (the relay requests text format)", rel.namespace, rel.name))
+		default:
+			if r.bad {
+				return malformed(walStart, "truncated insert message")
+			}
+			return malformed(walStart, fmt.Sprintf("unknown tuple value kind %q", kind))
+		}
+		if r.bad {
+			return malformed(walStart, "truncated insert message")
+		}
+	}
+	d.tuple = t
+	return r.done(walStart, "insert")
+}
+
+// event builds the Event of an outbox row from d.tuple.
+func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Event, error) {
+	lay := rel.outbox
+	val := func(i int) []byte { f := d.tuple[i]; return data[f.start:f.end] }
+
+	// The id first: every later error names it.
+	var eventID string
+	if lay.id >= 0 && d.tuple[lay.id].kind == 't' {
+		eventID = string(val(lay.id))
+	}
+	rowErr := func(col, reason string) error {
+		return &RowError{LSN: walStart, EventID: eventID, Column: col, Reason: reason}
+	}
+	required := [4]struct {
+		idx  int
+		name string
+	}{{lay.id, d.cols.ID}, {lay.aggType, d.cols.AggregateType}, {lay.aggID, d.cols.AggregateID}, {lay.eventType, d.cols.EventType}}
+	for _, c := range required {
+		if c.idx < 0 {
+			return Event{}, rowErr(c.name, fmt.Sprintf("is missing from table %s.%s", rel.namespace, rel.name))
+		}
+		if d.tuple[c.idx].kind != 't' {
+			return Event{}, rowErr(c.name, "is NULL")
+		}
+	}
+
+	// One string backs ID, AggregateType, AggregateID and EventType: one
+	// allocation instead of four.
+	b := append(d.strBuf[:0], val(lay.id)...)
+	b = append(b, val(lay.aggType)...)
+	b = append(b, val(lay.aggID)...)
+	b = append(b, val(lay.eventType)...)
+	d.strBuf = b
+	all := string(b)
+	e1 := len(val(lay.id))
+	e2 := e1 + len(val(lay.aggType))
+	e3 := e2 + len(val(lay.aggID))
+	ev := Event{
+		ID:            all[:e1],
+		AggregateType: all[e1:e2],
+		AggregateID:   all[e2:e3],
+		EventType:     all[e3:],
+		LSN:           walStart,
+		CommitTime:    d.commitTime,
+		CreatedAt:     d.commitTime,
+	}
+
+	if lay.payload < 0 {
+		return Event{}, rowErr(d.cols.Payload, fmt.Sprintf("is missing from table %s.%s", rel.namespace, rel.name))
+	}
+	switch lay.payloadOID {
+	case oidJSONB, oidJSON, oidText, oidVarchar:
+		if d.tuple[lay.payload].kind == 't' {
+			ev.Payload = append([]byte(nil), val(lay.payload)...)
+			if ev.Payload == nil {
+				ev.Payload = []byte{}
+			}
+		}
+	case oidBytea:
+		if d.tuple[lay.payload].kind == 't' {
+			p, err := decodeBytea(val(lay.payload))
+			if err != nil {
+				return Event{}, rowErr(d.cols.Payload, err.Error())
+			}
+			ev.Payload = p
+		}
+	default:
+		return Event{}, rowErr(d.cols.Payload, fmt.Sprintf("has type OID %d; the payload must be %s", lay.payloadOID, supportedPayloadTypes))
+	}
+
+	if lay.headers >= 0 && d.tuple[lay.headers].kind == 't' {
+		hs, err := d.parseHeaders(val(lay.headers))
+		if err != nil {
+			return Event{}, rowErr(d.cols.Headers, err.Error())
+		}
+		ev.Headers = hs
+	}
+
+	if lay.createdAt >= 0 && d.tuple[lay.createdAt].kind == 't' {
+		v := val(lay.createdAt)
+		t, ok := parseTimestamp(v)
+		if !ok {
+			return Event{}, rowErr(d.cols.CreatedAt, fmt.Sprintf("holds %q, not an ISO timestamp (set DateStyle=ISO on the replication connection)", truncate(v, 64)))
+		}
+		ev.CreatedAt = t
+	}
+
+	topic, err := d.renderTopic(&ev, data, lay, rowErr)
+	if err != nil {
+		return Event{}, err
+	}
+	ev.Topic = topic
+	return ev, nil
+}
+
+// renderTopic renders the template for ev; rendered topics are cached, so
+// the usual few aggregate types cost no allocation after the first event.
+func (d *Decoder) renderTopic(ev *Event, data []byte, lay *layout, rowErr func(col, reason string) error) (string, error) {
+	b := d.topBuf[:0]
+	for i, seg := range d.topic {
+		switch seg.field {
+		case fieldLiteral:
+			b = append(b, seg.text...)
+		case fieldID:
+			b = append(b, ev.ID...)
+		case fieldAggregateType:
+			b = append(b, ev.AggregateType...)
+		case fieldAggregateID:
+			b = append(b, ev.AggregateID...)
+		case fieldEventType:
+			b = append(b, ev.EventType...)
+		case fieldRaw:
+			c := lay.topicCols[i]
+			if c < 0 {
+				return "", rowErr(seg.text, "is used in the topic template but missing from the table")
+			}
+			f := d.tuple[c]
+			if f.kind != 't' {
+				return "", rowErr(seg.text, "is used in the topic template but NULL")
+			}
+			b = append(b, data[f.start:f.end]...)
+		}
+	}
+	d.topBuf = b
+	if t, ok := d.topics[string(b)]; ok {
+		return t, nil
+	}
+	if !validTopic(b) {
+		return "", rowErr("", fmt.Sprintf("renders topic %q, but a topic must match [a-zA-Z0-9._-]{1,249}", truncate(b, 300)))
+	}
+	t := string(b)
+	if len(d.topics) >= maxTopicCache {
+		clear(d.topics)
+	}
+	d.topics[t] = t
+	return t, nil
+}
+
+// truncate shortens a value quoted in an error message.
+func truncate(b []byte, n int) string {
+	if len(b) > n {
+		return string(b[:n]) + "..."
+	}
+	return string(b)
+}
+
+// pgTime converts PostgreSQL's microseconds since 2000-01-01 UTC.
+func pgTime(us uint64) time.Time {
+	return time.UnixMicro(int64(us) + pgEpochMicros).UTC()
+}
+
+// malformed wraps ErrMalformed with the message's position and what is wrong.
+func malformed(walStart pglogrepl.LSN, what string) error {
+	return fmt.Errorf("pgoutput message at LSN %s: %s: %w", walStart, what, ErrMalformed)
+}
+
+// reader is a bounds-checked cursor over one message. Reading past the end
+// sets bad and yields zeros, so parsers check once instead of per field.
+type reader struct {
+	b   []byte
+	off int
+	bad bool
+}
+
+func (r *reader) take(n int) []byte {
+	if r.bad || n < 0 || n > len(r.b)-r.off {
+		r.bad = true
+		return nil
+	}
+	s := r.b[r.off : r.off+n]
+	r.off += n
+	return s
+}
+
+func (r *reader) u8() byte {
+	if s := r.take(1); s != nil {
+		return s[0]
+	}
+	return 0
+}
+
+func (r *reader) u16() uint16 {
+	if s := r.take(2); s != nil {
+		return binary.BigEndian.Uint16(s)
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if s := r.take(4); s != nil {
+		return binary.BigEndian.Uint32(s)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if s := r.take(8); s != nil {
+		return binary.BigEndian.Uint64(s)
+	}
+	return 0
+}
+
+// bytes skips n bytes; n comes from the wire, so it may be anything.
+func (r *reader) bytes(n int) { r.take(n) }
+
+// cstring reads a NUL-terminated string, without the NUL.
+func (r *reader) cstring() []byte {
+	if r.bad {
+		return nil
+	}
+	for i := r.off; i < len(r.b); i++ {
+		if r.b[i] == 0 {
+			s := r.b[r.off:i]
+			r.off = i + 1
+			return s
+		}
+	}
+	r.bad = true
+	return nil
+}
+
+// done reports a truncated message or trailing bytes.
+func (r *reader) done(walStart pglogrepl.LSN, what string) error {
+	if r.bad {
+		return malformed(walStart, "truncated "+what+" message")
+	}
+	if r.off != len(r.b) {
+		return malformed(walStart, fmt.Sprintf("%d trailing bytes after %s message", len(r.b)-r.off, what))
+	}
+	return nil
+}

@@ -1,0 +1,59 @@
+package decoder
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/jackc/pglogrepl"
+)
+
+// FuzzDecode feeds arbitrary bytes to a decoder that has already seen the
+// captured relation messages, so inserts reach the row decoding. Decode
+// must never panic, and must return either an op or an error, never both.
+func FuzzDecode(f *testing.F) {
+	var prime [][]byte
+	for _, c := range captures {
+		for _, m := range readCapture(f, c) {
+			f.Add(m.data)
+			if m.data[0] == 'R' || m.data[0] == 'B' {
+				prime = append(prime, m.data)
+			}
+		}
+	}
+	f.Add(relationMsg(16400, "public", "outbox", defaultCols))
+	f.Add(insertMsg(16400, goodRow()...))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, table := range []string{"outbox", "outbox_bytea"} {
+			d, err := New(Config{Table: table, Topic: "{tenant}.{aggregate_type}"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range prime {
+				if _, err := d.Decode(m, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := d.Decode(relationMsg(16400, "public", table, append(defaultCols, col{"tenant", oidText})), 1); err != nil {
+				t.Fatal(err)
+			}
+			op, err := d.Decode(data, pglogrepl.LSN(len(data)))
+			if err != nil {
+				var re *RowError
+				if op.Kind != KindSkip || op.Event.ID != "" {
+					t.Fatalf("error %v with op %+v", err, op)
+				}
+				if !errors.Is(err, ErrMalformed) && !errors.As(err, &re) {
+					t.Fatalf("error %v is neither malformed nor a row error", err)
+				}
+				continue
+			}
+			if op.Kind == KindEvent && (op.Event.ID == "" || op.Event.AggregateID == "" && op.Event.Topic == "") {
+				t.Fatalf("event without id or topic: %+v", op.Event)
+			}
+			// A second decode of the same message must not disturb state.
+			if _, err2 := d.Decode(data, 1); (err2 == nil) != (err == nil) && data[0] != 'R' {
+				t.Fatalf("decoding twice: %v then %v", err, err2)
+			}
+		}
+	})
+}
