@@ -1,0 +1,23 @@
+-- The default outbox table (DESIGN.md §1) and an index for pruning by age.
+--
+-- Apply replaces the placeholders with quoted identifiers before running
+-- this file:
+--   {{table}}             the table, schema-qualified: "public"."outbox"
+--   {{created_at_index}}  the index name (unqualified; it lives in the
+--                         table's schema): "outbox_created_at_idx"
+--
+-- Apply runs the files, in one transaction, only when the table does not
+-- exist yet; IF NOT EXISTS keeps them safe to run by hand.
+-- gen_random_uuid() is in core PostgreSQL since version 13.
+
+CREATE TABLE IF NOT EXISTS {{table}} (
+    id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    aggregate_type text        NOT NULL,
+    aggregate_id   text        NOT NULL,
+    event_type     text        NOT NULL,
+    payload        jsonb       NOT NULL,
+    headers        jsonb       NOT NULL DEFAULT '{}',
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX IF NOT EXISTS {{created_at_index}} ON {{table}} (created_at);

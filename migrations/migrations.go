@@ -1,0 +1,162 @@
+// Package migrations holds the SQL that creates the default outbox table
+// (DESIGN.md §1) and applies it.
+//
+// The SQL lives in the embedded *.sql files, run in name order. A file names
+// the table through placeholders that Apply replaces with quoted
+// identifiers:
+//
+//	{{table}}             the schema-qualified table, e.g. "public"."outbox"
+//	{{created_at_index}}  the name of the created_at index, e.g. "outbox_created_at_idx"
+//
+// Apply runs the files only when the table does not exist yet, all in one
+// transaction: the table and its index appear together or not at all, and an
+// existing table (possibly with other columns) is never altered. There is no
+// migration-history table; statements still say IF NOT EXISTS, to be safe to
+// run by hand.
+package migrations
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+)
+
+//go:embed *.sql
+var files embed.FS
+
+// lockKey is the advisory lock that serializes concurrent Apply calls on one
+// database: two CREATE TABLE IF NOT EXISTS racing can both pass the check and
+// one then fails on the catalog's unique index.
+const lockKey = 0x6f7574626f78 // "outbox"
+
+// maxIdentifier is PostgreSQL's NAMEDATALEN - 1: longer names are truncated.
+const maxIdentifier = 63
+
+// Apply creates the outbox table named table ("name" or "schema.name"; the
+// schema defaults to public) with its created_at index, and the schema when
+// it is missing. Names are taken literally (case included) and quoted.
+// When the table exists Apply changes nothing, even if its columns differ
+// from the default; running it again is fine.
+func Apply(ctx context.Context, conn *pgx.Conn, table string) error {
+	schema, name, err := ParseTable(table)
+	if err != nil {
+		return err
+	}
+	stmts, err := render(schema, name)
+	if err != nil {
+		return err
+	}
+	qualified := schema + "." + name
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
+			return fmt.Errorf("locking for the migration of table %s: %w", qualified, err)
+		}
+		// An existing table is the user's: it may have other columns (a
+		// Debezium-style table) and the role may lack the CREATE privilege
+		// that even CREATE ... IF NOT EXISTS checks.
+		var tableExists, schemaExists bool
+		err := tx.QueryRow(ctx, `select
+			exists (select 1 from pg_namespace where nspname = $1),
+			exists (select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relname = $2)`,
+			schema, name).Scan(&schemaExists, &tableExists)
+		if err != nil {
+			return fmt.Errorf("looking up table %s: %w", qualified, err)
+		}
+		if tableExists {
+			return nil
+		}
+		if !schemaExists {
+			if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+				return fmt.Errorf("creating schema %s: %w", schema, err)
+			}
+		}
+		for _, s := range stmts {
+			if _, err := tx.Exec(ctx, s.sql); err != nil {
+				return fmt.Errorf("applying migration %s to table %s: %w", s.file, qualified, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Exists reports whether the table named table ("name" or "schema.name")
+// exists, so a caller can say whether Apply created it.
+func Exists(ctx context.Context, conn *pgx.Conn, table string) (bool, error) {
+	schema, name, err := ParseTable(table)
+	if err != nil {
+		return false, err
+	}
+	var exists bool
+	err = conn.QueryRow(ctx, `select exists (
+		select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace
+		where n.nspname = $1 and c.relname = $2)`, schema, name).Scan(&exists)
+	if err != nil {
+		return false, fmt.Errorf("looking up table %s.%s: %w", schema, name, err)
+	}
+	return exists, nil
+}
+
+type statement struct {
+	file, sql string
+}
+
+// render returns the embedded files, in name order, with the placeholders
+// replaced.
+func render(schema, name string) ([]statement, error) {
+	names, err := fs.Glob(files, "*.sql")
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	r := strings.NewReplacer(
+		"{{table}}", pgx.Identifier{schema, name}.Sanitize(),
+		"{{created_at_index}}", pgx.Identifier{truncate(name+"_created_at_idx", maxIdentifier)}.Sanitize(),
+	)
+	out := make([]statement, 0, len(names))
+	for _, n := range names {
+		b, err := files.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, statement{file: n, sql: r.Replace(string(b))})
+	}
+	return out, nil
+}
+
+// ParseTable splits a table name, "schema.name" or "name" (schema public).
+// Names are taken literally: no quoting, case kept.
+func ParseTable(table string) (schema, name string, err error) {
+	schema, name = "public", table
+	if i := strings.IndexByte(table, '.'); i >= 0 {
+		schema, name = table[:i], table[i+1:]
+	}
+	if schema == "" || name == "" || strings.Contains(name, ".") {
+		return "", "", fmt.Errorf("table name %q: want name or schema.name", table)
+	}
+	if len(schema) > maxIdentifier || len(name) > maxIdentifier {
+		return "", "", fmt.Errorf("table name %q: names are limited to %d bytes", table, maxIdentifier)
+	}
+	if strings.ContainsRune(table, 0) {
+		return "", "", errors.New("table name contains a NUL byte")
+	}
+	return schema, name, nil
+}
+
+// truncate cuts s to at most n bytes without splitting a character, as
+// PostgreSQL does with long identifiers.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}

@@ -1,0 +1,115 @@
+// Package slot manages the publication and the logical replication slot the
+// relay streams from, and reports on the replication slots of a server.
+//
+// It speaks plain SQL on a normal connection; only replication/ uses the
+// replication protocol. Set-up errors are *Problem values that say what is
+// wrong and how to fix it.
+package slot
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Config names the replication slot, the publication and the outbox table.
+type Config struct {
+	// Slot is the logical replication slot: [a-z0-9_]{1,63}.
+	Slot string
+	// Publication is the publication the slot streams.
+	Publication string
+	// Table is the outbox table, "name" or "schema.name" (schema public by
+	// default). Names are taken literally, case included.
+	Table string
+}
+
+// maxIdentifier is PostgreSQL's NAMEDATALEN - 1.
+const maxIdentifier = 63
+
+// slotName is what PostgreSQL accepts as a replication slot name.
+var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// Validate reports a config that cannot name a slot, publication and table.
+func (c Config) Validate() error {
+	if err := c.validateNames(); err != nil {
+		return err
+	}
+	if _, _, err := c.table(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// validateNames checks the slot and publication names.
+func (c Config) validateNames() error {
+	if !slotName.MatchString(c.Slot) {
+		return fmt.Errorf("replication slot name %q: want 1 to 63 lower-case letters, digits or underscores", c.Slot)
+	}
+	if c.Publication == "" {
+		return errors.New("publication name is empty")
+	}
+	if len(c.Publication) > maxIdentifier {
+		return fmt.Errorf("publication name %q: longer than %d bytes", c.Publication, maxIdentifier)
+	}
+	return nil
+}
+
+// table splits Table into schema and name.
+func (c Config) table() (schema, name string, err error) {
+	if c.Table == "" {
+		return "", "", errors.New("table name is empty")
+	}
+	schema, name = "public", c.Table
+	if i := strings.IndexByte(c.Table, '.'); i >= 0 {
+		schema, name = c.Table[:i], c.Table[i+1:]
+	}
+	if schema == "" || name == "" || strings.Contains(name, ".") {
+		return "", "", fmt.Errorf("table name %q: want name or schema.name", c.Table)
+	}
+	if len(schema) > maxIdentifier || len(name) > maxIdentifier {
+		return "", "", fmt.Errorf("table name %q: names are limited to %d bytes", c.Table, maxIdentifier)
+	}
+	return schema, name, nil
+}
+
+// Problem is a set-up error: it names what is wrong and how to fix it.
+// The CLI exits with code 2 on a Problem (see ConfigProblem).
+type Problem struct {
+	// What is wrong, with the identifying values.
+	What string
+	// Fix says what to do about it.
+	Fix string
+	// Err, when set, is a sentinel or cause the Problem wraps, for
+	// errors.Is and errors.As.
+	Err error
+}
+
+// Error returns What and Fix.
+func (p *Problem) Error() string {
+	if p.Fix == "" {
+		return p.What
+	}
+	return p.What + "; " + p.Fix
+}
+
+// Unwrap returns Err.
+func (p *Problem) Unwrap() error { return p.Err }
+
+// ConfigProblem reports true: a Problem needs an operator, not a retry.
+func (p *Problem) ConfigProblem() bool { return true }
+
+// ErrSlotLost is wrapped by the error of LostError: the server invalidated the
+// slot and the WAL after its confirmed position may be gone.
+var ErrSlotLost = errors.New("replication slot lost")
+
+// LostError is the Problem of a slot whose wal_status is 'lost'. It wraps
+// ErrSlotLost. The relay must stop on it: re-creating the slot silently would
+// skip the events in the lost WAL.
+func LostError(slot string) error {
+	return &Problem{
+		What: fmt.Sprintf("replication slot %s was invalidated (wal_status = lost) because it fell behind max_slot_wal_keep_size; events after its confirmed LSN may be gone", slot),
+		Fix:  "drop it with `outbox-relay slot drop`, re-create it, and reconcile the outbox table",
+		Err:  ErrSlotLost,
+	}
+}
