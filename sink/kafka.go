@@ -1,0 +1,340 @@
+// Package sink publishes outbox events to a broker and reports, once per
+// record, when the broker has acknowledged it.
+//
+// A sink owns its producer and exactly one ack goroutine. Publish blocks at
+// an in-flight cap, which is how a slow or absent broker stops the reading
+// of WAL (backpressure) and keeps memory bounded.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/outbox-relay/outbox-relay/decoder"
+)
+
+// ErrUnreachable is wrapped by NewKafka's error when no broker could be
+// reached. The condition may be temporary: retry with backoff.
+var ErrUnreachable = errors.New("no Kafka broker reachable")
+
+// ErrClosed is returned by Publish once Close has been called.
+var ErrClosed = errors.New("kafka sink closed")
+
+// Defaults for the zero values of KafkaConfig.
+const (
+	DefaultClientID       = "outbox-relay"
+	DefaultVersion        = "2.1.0"
+	DefaultMaxInFlight    = 10000
+	DefaultFlushBytes     = 1 << 20
+	DefaultFlushFrequency = time.Millisecond
+	DefaultRetryMax       = 10
+	DefaultRetryBackoff   = 250 * time.Millisecond
+	DefaultDialTimeout    = 10 * time.Second
+)
+
+// KafkaConfig configures a Kafka sink. Zero values take the defaults above.
+// The delivery settings DESIGN.md §2 relies on (idempotent producer,
+// acks=all, one open request per broker) are fixed and not configurable.
+type KafkaConfig struct {
+	// Brokers are the bootstrap addresses, host:port.
+	Brokers []string
+	// ClientID names the client to the brokers. Default "outbox-relay".
+	ClientID string
+	// Version is the Kafka protocol version to speak, e.g. "2.1.0"
+	// (the default). It must be at least 0.11.0.0, which the idempotent
+	// producer needs.
+	Version string
+	// MaxInFlight caps the records published and not yet acknowledged;
+	// Publish blocks at the cap. Default 10000.
+	MaxInFlight int
+	// FlushMessages, FlushBytes and FlushFrequency batch records (linger):
+	// a batch is sent when it reaches FlushMessages records or FlushBytes
+	// bytes, or FlushFrequency after its first record, whichever is first;
+	// a batch also grows while the previous request to its broker is in
+	// flight. Defaults: no message count, 1 MiB, 1ms.
+	FlushMessages  int
+	FlushBytes     int
+	FlushFrequency time.Duration
+	// Compression is none (default), gzip, snappy, lz4 or zstd (zstd needs
+	// Version 2.1.0 or later).
+	Compression string
+	// RetryMax and RetryBackoff are the producer's retry budget for a record
+	// before its error reaches the ack. Defaults 10 and 250ms.
+	RetryMax     int
+	RetryBackoff time.Duration
+	// DialTimeout bounds connecting to one broker. Default 10s.
+	DialTimeout time.Duration
+	// Logger receives the sink's few log lines. Default: discard.
+	Logger *slog.Logger
+}
+
+var compressionCodecs = map[string]sarama.CompressionCodec{
+	"":       sarama.CompressionNone,
+	"none":   sarama.CompressionNone,
+	"gzip":   sarama.CompressionGZIP,
+	"snappy": sarama.CompressionSnappy,
+	"lz4":    sarama.CompressionLZ4,
+	"zstd":   sarama.CompressionZSTD,
+}
+
+// withDefaults returns c with every zero value replaced by its default.
+func (c KafkaConfig) withDefaults() KafkaConfig {
+	if c.ClientID == "" {
+		c.ClientID = DefaultClientID
+	}
+	if c.Version == "" {
+		c.Version = DefaultVersion
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.FlushBytes == 0 {
+		c.FlushBytes = DefaultFlushBytes
+	}
+	if c.FlushFrequency == 0 {
+		c.FlushFrequency = DefaultFlushFrequency
+	}
+	if c.Compression == "" {
+		c.Compression = "none"
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = DefaultRetryMax
+	}
+	if c.RetryBackoff == 0 {
+		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports the first problem with c, after defaults.
+func (c KafkaConfig) Validate() error {
+	_, err := c.withDefaults().sarama()
+	return err
+}
+
+// sarama builds the producer configuration, validating c (with defaults
+// applied) on the way.
+func (c KafkaConfig) sarama() (*sarama.Config, error) {
+	if len(c.Brokers) == 0 {
+		return nil, errors.New("no Kafka brokers configured; set at least one host:port")
+	}
+	for _, b := range c.Brokers {
+		if strings.TrimSpace(b) == "" {
+			return nil, errors.New("empty Kafka broker address")
+		}
+	}
+	version, err := sarama.ParseKafkaVersion(c.Version)
+	if err != nil {
+		return nil, fmt.Errorf("kafka version %q is not a version like 2.1.0", c.Version)
+	}
+	if !version.IsAtLeast(sarama.V0_11_0_0) {
+		return nil, fmt.Errorf("kafka version %s is below 0.11.0, which the idempotent producer needs", c.Version)
+	}
+	codec, ok := compressionCodecs[strings.ToLower(c.Compression)]
+	if !ok {
+		return nil, fmt.Errorf("kafka compression %q is not one of none, gzip, snappy, lz4, zstd", c.Compression)
+	}
+	if codec == sarama.CompressionZSTD && !version.IsAtLeast(sarama.V2_1_0_0) {
+		return nil, fmt.Errorf("kafka compression zstd needs version 2.1.0 or later, not %s", c.Version)
+	}
+	switch {
+	case c.MaxInFlight < 1:
+		return nil, fmt.Errorf("kafka max in-flight records %d is below 1", c.MaxInFlight)
+	case c.FlushMessages < 0:
+		return nil, fmt.Errorf("kafka flush messages %d is negative", c.FlushMessages)
+	case c.FlushBytes < 0:
+		return nil, fmt.Errorf("kafka flush bytes %d is negative", c.FlushBytes)
+	case c.FlushFrequency < 0:
+		return nil, fmt.Errorf("kafka flush frequency %s is negative", c.FlushFrequency)
+	case c.RetryMax < 0:
+		return nil, fmt.Errorf("kafka retry max %d is negative", c.RetryMax)
+	case c.RetryBackoff < 0:
+		return nil, fmt.Errorf("kafka retry backoff %s is negative", c.RetryBackoff)
+	case c.DialTimeout < 0:
+		return nil, fmt.Errorf("kafka dial timeout %s is negative", c.DialTimeout)
+	}
+
+	sc := sarama.NewConfig()
+	sc.ClientID = c.ClientID
+	sc.Version = version
+	sc.Net.DialTimeout = c.DialTimeout
+	// Delivery guarantees (DESIGN.md §2): no loss, per-key order on retry.
+	sc.Producer.Idempotent = true
+	sc.Producer.RequiredAcks = sarama.WaitForAll
+	sc.Net.MaxOpenRequests = 1
+	sc.Producer.Return.Successes = true
+	sc.Producer.Return.Errors = true
+	// Java-compatible key hashing, so other producers agree on partitions.
+	sc.Producer.Partitioner = sarama.NewCustomPartitioner(sarama.WithAbsFirst(), sarama.WithCustomHashFunction(newMurmur2))
+	sc.Producer.Compression = codec
+	sc.Producer.Flush.Messages = c.FlushMessages
+	sc.Producer.Flush.Bytes = c.FlushBytes
+	sc.Producer.Flush.Frequency = c.FlushFrequency
+	sc.Producer.Retry.Max = c.RetryMax
+	sc.Producer.Retry.Backoff = c.RetryBackoff
+	if err := sc.Validate(); err != nil {
+		return nil, fmt.Errorf("kafka producer configuration: %w", err)
+	}
+	return sc, nil
+}
+
+// Kafka publishes events to Kafka through sarama's AsyncProducer.
+//
+// Goroutines: the caller's (Publish), the ack goroutine (calls every ack),
+// and sarama's own. Close waits for the ack goroutine.
+type Kafka struct {
+	producer sarama.AsyncProducer
+	log      *slog.Logger
+	brokers  string
+
+	// slots is the in-flight semaphore: Publish fills a slot, the ack
+	// goroutine empties it after calling the ack.
+	slots chan struct{}
+
+	// closing is closed by Close to wake Publish calls blocked at the cap.
+	closing chan struct{}
+	// mu guards closed against the send to producer.Input: Publish holds
+	// it shared while sending, Close exclusively, so no record is sent
+	// after AsyncClose (which would panic) and none is lost.
+	mu     sync.RWMutex
+	closed bool
+
+	ackDone   chan struct{}
+	closeOnce sync.Once
+}
+
+// NewKafka connects to the brokers and starts the producer and its ack
+// goroutine. If no broker is reachable it returns an error wrapping
+// ErrUnreachable, naming the brokers; the caller retries with backoff.
+func NewKafka(cfg KafkaConfig) (*Kafka, error) {
+	cfg = cfg.withDefaults()
+	sc, err := cfg.sarama()
+	if err != nil {
+		return nil, err
+	}
+	brokers := strings.Join(cfg.Brokers, ",")
+	p, err := sarama.NewAsyncProducer(cfg.Brokers, sc)
+	if err != nil {
+		if errors.Is(err, sarama.ErrOutOfBrokers) {
+			return nil, fmt.Errorf("connecting to Kafka brokers %s: %w: %w", brokers, ErrUnreachable, err)
+		}
+		return nil, fmt.Errorf("starting Kafka producer for brokers %s: %w", brokers, err)
+	}
+	k := &Kafka{
+		producer: p,
+		log:      cfg.Logger,
+		brokers:  brokers,
+		slots:    make(chan struct{}, cfg.MaxInFlight),
+		closing:  make(chan struct{}),
+		ackDone:  make(chan struct{}),
+	}
+	go k.acks()
+	k.log.Info("connected to Kafka", "brokers", brokers, "client_id", cfg.ClientID, "version", cfg.Version, "max_in_flight", cfg.MaxInFlight)
+	return k, nil
+}
+
+// Publish sends ev as one record: topic ev.Topic, key ev.AggregateID, value
+// ev.Payload (nil is a null value), headers id, event_type, aggregate_type
+// and then ev.Headers in order, timestamp ev.CreatedAt. Publish copies what
+// it needs: ev may be reused as soon as it returns.
+//
+// It blocks while MaxInFlight records are unacknowledged (backpressure). It
+// returns ctx.Err() if ctx has ended or ends while it waits, and ErrClosed
+// once Close has begun.
+//
+// If Publish returns nil, ack is called exactly once, from the ack
+// goroutine: with nil once the broker acknowledged the record (acks=all),
+// or with the error that survived the producer's retries. If Publish
+// returns an error, ack is never called. ack must not block, and must not
+// call Close.
+func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case k.slots <- struct{}{}:
+	default:
+		select {
+		case k.slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-k.closing:
+			return ErrClosed
+		}
+	}
+	msg := newRecord(ev, ack)
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.closed {
+		<-k.slots
+		return ErrClosed
+	}
+	select {
+	case k.producer.Input() <- msg:
+		return nil
+	case <-ctx.Done():
+		<-k.slots
+		return ctx.Err()
+	case <-k.closing:
+		<-k.slots
+		return ErrClosed
+	}
+}
+
+// InFlight returns how many published records have not had their ack
+// called yet.
+func (k *Kafka) InFlight() int { return len(k.slots) }
+
+// Close stops accepting records, waits until every published record's ack
+// has been called (drain: records still buffered are sent and retried
+// within the retry budget), then closes the producer and its connections.
+// Calling it again returns the same result.
+func (k *Kafka) Close() error {
+	k.closeOnce.Do(func() {
+		close(k.closing)
+		k.mu.Lock()
+		k.closed = true
+		k.mu.Unlock()
+		k.producer.AsyncClose()
+		<-k.ackDone
+		k.log.Info("Kafka producer closed", "brokers", k.brokers)
+	})
+	return nil
+}
+
+// acks is the ack goroutine: it hands every result to its record's ack and
+// frees its slot, until the producer has closed both result channels.
+func (k *Kafka) acks() {
+	defer close(k.ackDone)
+	successes, errs := k.producer.Successes(), k.producer.Errors()
+	for successes != nil || errs != nil {
+		select {
+		case msg, ok := <-successes:
+			if !ok {
+				successes = nil
+				continue
+			}
+			msg.Metadata.(*record).done(nil)
+		case pe, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			pe.Msg.Metadata.(*record).done(fmt.Errorf("producing to topic %s partition %d: %w", pe.Msg.Topic, pe.Msg.Partition, pe.Err))
+		}
+		<-k.slots
+	}
+}
