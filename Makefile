@@ -1,0 +1,37 @@
+# The front door: make test, make lint, make demo, make bench.
+GO       ?= go
+FUZZTIME ?= 20s
+BENCH_PKGS = ./decoder ./checkpoint ./sink
+
+.PHONY: all test lint build demo bench fuzz clean
+
+all: lint test
+
+test:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint:
+	@out=$$(gofmt -l .); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+build:
+	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
+
+demo:
+	$(GO) run ./cmd/outbox-relay demo
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(BENCH_PKGS)
+
+# Each fuzz target for FUZZTIME (go test -fuzz takes one target at a time).
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "== $$name ($$(dirname $$f))"; \
+			$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f); \
+		done; \
+	done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,206 @@
+package pgserver
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func startServer(t *testing.T, opts Options) *Server {
+	t.Helper()
+	opts.Logf = t.Logf
+	s, err := Start(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+func connect(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func show(t *testing.T, conn *pgx.Conn, setting string) string {
+	t.Helper()
+	var v string
+	if err := conn.QueryRow(t.Context(), "SHOW "+setting).Scan(&v); err != nil {
+		t.Fatalf("SHOW %s: %v", setting, err)
+	}
+	return v
+}
+
+func TestStartIsReadyForLogicalReplication(t *testing.T) {
+	s := startServer(t, Options{Settings: map[string]string{"wal_sender_timeout": "5s"}})
+	conn := connect(t, s.URL("postgres"))
+
+	for setting, want := range map[string]string{
+		"wal_level":          "logical",
+		"fsync":              "off",
+		"wal_sender_timeout": "5s", // Settings override the defaults
+	} {
+		if got := show(t, conn, setting); got != want {
+			t.Errorf("%s = %q, want %q", setting, got, want)
+		}
+	}
+	if got, want := show(t, conn, "port"), s.URL(""); !strings.Contains(want, ":"+got+"/") {
+		t.Errorf("server port %s does not match URL %s", got, want)
+	}
+	if s.Port() == 5432 {
+		t.Errorf("server took the system port 5432")
+	}
+}
+
+func TestCreateDatabase(t *testing.T) {
+	s := startServer(t, Options{})
+	if err := s.CreateDatabase(t.Context(), "Mixed Case-db"); err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, s.URL("Mixed Case-db"))
+	var db string
+	if err := conn.QueryRow(t.Context(), "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	if db != "Mixed Case-db" {
+		t.Errorf("connected to %q", db)
+	}
+	if err := s.CreateDatabase(t.Context(), "Mixed Case-db"); err == nil {
+		t.Errorf("creating an existing database succeeded")
+	}
+}
+
+func TestImmediateRestartKeepsDataAndPort(t *testing.T) {
+	s := startServer(t, Options{})
+	port := s.Port()
+	ctx := t.Context()
+
+	conn := connect(t, s.URL("postgres"))
+	if _, err := conn.Exec(ctx, "CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Restart(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if s.Port() != port {
+		t.Errorf("port changed from %d to %d", port, s.Port())
+	}
+	if err := conn.Ping(ctx); err == nil {
+		t.Errorf("a connection survived an immediate restart")
+	}
+
+	conn = connect(t, s.URL("postgres"))
+	var v int
+	if err := conn.QueryRow(ctx, "SELECT v FROM kept").Scan(&v); err != nil || v != 42 {
+		t.Fatalf("after restart: v = %d, err = %v", v, err)
+	}
+}
+
+func TestStopThenRestart(t *testing.T) {
+	s := startServer(t, Options{})
+	ctx := t.Context()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgx.Connect(ctx, s.URL("postgres")); err == nil {
+		t.Fatal("connected to a stopped server")
+	}
+	if err := s.Restart(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	connect(t, s.URL("postgres"))
+}
+
+func TestCloseStopsTheServerAndRemovesItsDirectory(t *testing.T) {
+	s := startServer(t, Options{})
+	pid, ok := s.postmasterPID()
+	if !ok || !processAlive(pid) {
+		t.Fatalf("no running postmaster (pid %d, found %v)", pid, ok)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if processAlive(pid) {
+		t.Errorf("postmaster %d still running after Close", pid)
+	}
+	if _, err := os.Stat(s.dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("directory %s still there after Close: %v", s.dir, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+func TestStartOnATakenPortFailsClearly(t *testing.T) {
+	s := startServer(t, Options{})
+	_, err := Start(t.Context(), Options{Port: s.Port()})
+	if !errors.Is(err, ErrPortInUse) || !strings.Contains(err.Error(), "already in use") {
+		t.Fatalf("err = %v, want ErrPortInUse", err)
+	}
+}
+
+func TestMissingBinariesSayWhatToDo(t *testing.T) {
+	_, err := Start(t.Context(), Options{BinDir: t.TempDir()})
+	if !errors.Is(err, ErrBinariesNotFound) || !strings.Contains(err.Error(), "apt-get install postgresql") {
+		t.Fatalf("err = %v", err)
+	}
+	t.Setenv("OUTBOX_RELAY_PG_BIN", t.TempDir())
+	if _, err := Start(t.Context(), Options{}); !errors.Is(err, ErrBinariesNotFound) ||
+		!strings.Contains(err.Error(), "OUTBOX_RELAY_PG_BIN") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// tmpDir returns a directory that the postgres OS user can also write, and
+// makes it the temporary directory for the rest of the test.
+func tmpDir(t *testing.T, mode os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pgserver-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, mode); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", dir)
+	return dir
+}
+
+func TestFailedStartLeavesNothingBehind(t *testing.T) {
+	dir := tmpDir(t, 0o777)
+	_, err := Start(t.Context(), Options{Settings: map[string]string{"wal_level": "nonsense"}})
+	if err == nil {
+		t.Fatal("started with wal_level = nonsense")
+	}
+	if !strings.Contains(err.Error(), `invalid value for parameter "wal_level"`) {
+		t.Errorf("error does not include the server log: %v", err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) > 0 {
+		t.Errorf("left behind in %s: %v", dir, left)
+	}
+}
+
+func TestUnreachableTempDirSaysWhatToDo(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root hands the directory to another OS user")
+	}
+	tmpDir(t, 0o700) // root's own: the postgres user cannot enter it
+	_, err := Start(t.Context(), Options{})
+	if err == nil || !strings.Contains(err.Error(), "TMPDIR") {
+		t.Fatalf("err = %v, want advice about TMPDIR", err)
+	}
+}
