@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/urfave/cli/v2"
+
+	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/internal/pgserver"
+	"github.com/outbox-relay/outbox-relay/migrations"
+	"github.com/outbox-relay/outbox-relay/relay"
+	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/slot"
+)
+
+func demoCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "demo",
+		Usage: "run the whole pipeline on embedded defaults: a throwaway PostgreSQL, an in-process Kafka-protocol broker, sample events",
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "duration", Usage: "stop after this long (0: until Ctrl-C)"},
+			&cli.IntFlag{Name: "rate", Value: 300, Usage: "events written per second"},
+			&cli.IntFlag{Name: "kafka-port", Usage: "loopback port for the broker (0: any free port)"},
+			&cli.IntFlag{Name: "pg-port", Usage: "loopback port for PostgreSQL (0: any free port)"},
+			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "relay log level"},
+		},
+		Action: runDemo,
+	}
+}
+
+func runDemo(c *cli.Context) error {
+	rate := c.Int("rate")
+	if rate < 1 || rate > 100000 {
+		return usagef("--rate %d: want 1..100000 events per second", rate)
+	}
+	if c.Duration("duration") < 0 {
+		return usagef("--duration must not be negative")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return usagef("--log-level %q: want debug, info, warn or error", c.String("log-level"))
+	}
+	ctx := c.Context
+	if d := c.Duration("duration"); d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	out := c.App.Writer
+	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
+
+	fmt.Fprintln(out, "outbox-relay demo: starting a throwaway PostgreSQL (wal_level=logical)...")
+	pg, err := pgserver.Start(ctx, pgserver.Options{Port: c.Int("pg-port")})
+	if err != nil {
+		return fmt.Errorf("starting the demo PostgreSQL: %w", err)
+	}
+	defer func() {
+		if err := pg.Close(); err != nil {
+			fmt.Fprintf(c.App.ErrWriter, "stopping the demo PostgreSQL: %v\n", err)
+		}
+	}()
+	opts := []kfake.Opt{kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3)}
+	if p := c.Int("kafka-port"); p != 0 {
+		opts = append(opts, kfake.Ports(p))
+	}
+	broker, err := kfake.NewCluster(opts...)
+	if err != nil {
+		return fmt.Errorf("starting the in-process Kafka-protocol broker: %w", err)
+	}
+	defer broker.Close()
+	brokers := broker.ListenAddrs()
+	url := pg.URL("postgres")
+
+	fmt.Fprintf(out, "PostgreSQL   %s (data dir %s, removed on exit)\n", url, pg.DataDir())
+	fmt.Fprintf(out, "Kafka broker %s   try: kcat -b %s -C -t outbox.order -f '%%k %%s\\n'\n", brokers[0], brokers[0])
+
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("connecting to the demo PostgreSQL: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if err := migrations.Apply(ctx, conn, "public.outbox"); err != nil {
+		return fmt.Errorf("creating the outbox table: %w", err)
+	}
+
+	slotCfg := slot.Config{Slot: "outbox_relay_demo", Publication: "outbox_relay_demo", Table: "public.outbox"}
+	cfg := relay.Config{
+		ConnString:     url,
+		Slot:           slotCfg,
+		CreateSlot:     true,
+		Decoder:        decoder.Config{Table: "public.outbox", Columns: decoder.DefaultColumns(), Topic: "outbox.{aggregate_type}"},
+		StatusInterval: time.Second,
+		Logger:         log,
+	}
+	kcfg := sink.KafkaConfig{Brokers: brokers, ClientID: "outbox-relay-demo", MaxInFlight: 10000, Logger: log}
+	r, err := relay.New(cfg, kafkaPublisher(kcfg))
+	if err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	relayErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		relayErr <- r.Run(runCtx)
+	}()
+
+	st := &demoStats{}
+	consumeErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		consumeErr <- consumeDemo(runCtx, brokers, st)
+	}()
+	writeErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		writeErr <- writeDemo(runCtx, url, rate, st)
+	}()
+
+	fmt.Fprintf(out, "writing ~%d order events/s over 20 aggregates (some transactions carry several events); Ctrl-C stops and cleans up\n", rate)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-relayErr:
+			runErr = fmt.Errorf("relay stopped: %w", err)
+			break loop
+		case err := <-writeErr:
+			if err != nil && runCtx.Err() == nil {
+				runErr = fmt.Errorf("writing sample events: %w", err)
+				break loop
+			}
+		case err := <-consumeErr:
+			if err != nil && runCtx.Err() == nil {
+				runErr = fmt.Errorf("reading events back: %w", err)
+				break loop
+			}
+		case <-tick.C:
+			printDemoLine(ctx, out, conn, slotCfg.Slot, st)
+		}
+	}
+	stop()
+	wg.Wait()
+	printDemoLine(context.Background(), out, conn, slotCfg.Slot, st)
+	fmt.Fprintln(out)
+	w, d, _, _ := st.snapshot()
+	fmt.Fprintf(out, "stopped: %d events written, %d delivered; removing the demo PostgreSQL and broker\n", w, d)
+	if runErr != nil {
+		return runErr
+	}
+	if w > 0 && d == 0 {
+		return errors.New("no events were delivered")
+	}
+	return nil
+}
+
+// demoStats is shared by the writer, the consumer and the status line.
+type demoStats struct {
+	mu        sync.Mutex
+	written   int64
+	delivered int64
+	latencies []time.Duration // since the last status line
+}
+
+func (s *demoStats) snapshot() (written, delivered int64, p50, p99 time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lat := s.latencies
+	s.latencies = nil
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		p50 = lat[len(lat)*50/100]
+		p99 = lat[min(len(lat)*99/100, len(lat)-1)]
+	}
+	return s.written, s.delivered, p50, p99
+}
+
+func printDemoLine(ctx context.Context, w io.Writer, conn *pgx.Conn, slotName string, st *demoStats) {
+	written, delivered, p50, p99 := st.snapshot()
+	var confirmed pglogrepl.LSN
+	var lag int64
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_ = conn.QueryRow(qctx, `select confirmed_flush_lsn, pg_current_wal_lsn() - confirmed_flush_lsn
+		from pg_replication_slots where slot_name = $1`, slotName).Scan(&confirmed, &lag)
+	line := fmt.Sprintf("written %7d  delivered %7d  latency p50 %6s p99 %6s  confirmed %-12s slot lag %s",
+		written, delivered, fmtLatency(p50), fmtLatency(p99), confirmed, humanBytes(lag))
+	if isTerminal(w) {
+		fmt.Fprintf(w, "\r%s\033[K", line)
+	} else {
+		fmt.Fprintln(w, line)
+	}
+}
+
+func fmtLatency(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return d.Round(100 * time.Microsecond).String()
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// writeDemo inserts order events at rate per second: mostly one event per
+// transaction, sometimes created+paid together.
+func writeDemo(ctx context.Context, url string, rate int, st *demoStats) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	rng := rand.New(rand.NewPCG(1, 2))
+	// Write in small bursts every 10ms to approximate the rate smoothly.
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	var sent int64
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		due := int64(time.Since(start).Seconds() * float64(rate))
+		for sent < due {
+			n := 1
+			if rng.IntN(5) == 0 {
+				n = 2 // a multi-event transaction
+			}
+			if err := writeDemoTx(ctx, conn, rng, n); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			sent += int64(n)
+			st.mu.Lock()
+			st.written += int64(n)
+			st.mu.Unlock()
+		}
+	}
+}
+
+var demoEvents = []string{"OrderCreated", "OrderPaid"}
+
+func writeDemoTx(ctx context.Context, conn *pgx.Conn, rng *rand.Rand, n int) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	agg := "order-" + strconv.Itoa(1+rng.IntN(20))
+	for i := range n {
+		payload, _ := json.Marshal(map[string]any{
+			"order_id":   agg,
+			"amount":     rng.IntN(10000),
+			"written_at": time.Now().UnixNano(),
+		})
+		if _, err := tx.Exec(ctx, `insert into outbox (aggregate_type, aggregate_id, event_type, payload, headers)
+			values ('order', $1, $2, $3, '{"source":"demo"}')`, agg, demoEvents[i%len(demoEvents)], payload); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// consumeDemo reads the events back with an independent Kafka client and
+// measures write-to-delivery latency.
+func consumeDemo(ctx context.Context, brokers []string, st *demoStats) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeRegex(), kgo.ConsumeTopics(`^outbox\..*`),
+		kgo.MetadataMinAge(250*time.Millisecond))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	for {
+		fetches := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		now := time.Now()
+		var n int64
+		var lats []time.Duration
+		fetches.EachRecord(func(r *kgo.Record) {
+			n++
+			var p struct {
+				WrittenAt int64 `json:"written_at"`
+			}
+			if json.Unmarshal(r.Value, &p) == nil && p.WrittenAt > 0 {
+				lats = append(lats, now.Sub(time.Unix(0, p.WrittenAt)))
+			}
+		})
+		st.mu.Lock()
+		st.delivered += n
+		st.latencies = append(st.latencies, lats...)
+		st.mu.Unlock()
+	}
+}
+
+// humanBytes prints a byte count in binary units.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,116 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/checkpoint"
+	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/replication"
+)
+
+// errShutdownTimeout ends a graceful stop that could not reach the end of
+// the open transaction in time.
+var errShutdownTimeout = errors.New("shutdown timeout reached before the open transaction was fully published")
+
+// pipeline is the middle stage: one goroutine that decodes, tracks and
+// publishes, in WAL order.
+type pipeline struct {
+	log     *slog.Logger
+	slot    string
+	dec     *decoder.Decoder
+	pub     Publisher
+	tracker *checkpoint.Tracker
+
+	inTxn        bool
+	readerFailed bool
+}
+
+// run consumes msgs until ctx ends (at a transaction boundary, so a
+// graceful stop leaves nothing half-published), the reader fails, or a
+// publish fails for good. The caller drains the publisher afterwards.
+func (p *pipeline) run(ctx context.Context, msgs <-chan replication.Message, readerDone <-chan error, shutdownTimeout time.Duration) error {
+	// pubCtx outlives ctx: publishing the rest of the open transaction is
+	// part of a graceful stop. It ends on a failed ack or the hard timeout.
+	pubCtx, failPublishing := context.WithCancelCause(context.Background())
+	defer failPublishing(nil)
+	fail := func(err error) { failPublishing(err) }
+
+	stopping := ctx.Done()
+	var hardStop <-chan time.Time
+	for {
+		select {
+		case <-stopping:
+			if !p.inTxn {
+				return nil
+			}
+			p.log.Info("stopping after the open transaction", "slot", p.slot)
+			stopping = nil
+			timer := time.NewTimer(shutdownTimeout)
+			defer timer.Stop()
+			hardStop = timer.C
+		case <-hardStop:
+			failPublishing(errShutdownTimeout)
+			return errShutdownTimeout
+		case <-pubCtx.Done():
+			return context.Cause(pubCtx)
+		case err := <-readerDone:
+			p.readerFailed = true
+			if err == nil {
+				err = errors.New("replication stream ended")
+			}
+			return err
+		case m := <-msgs:
+			if err := p.handle(pubCtx, m, fail); err != nil {
+				if cause := context.Cause(pubCtx); cause != nil {
+					return cause
+				}
+				return err
+			}
+			if stopping == nil && !p.inTxn {
+				return nil // graceful stop reached a transaction boundary
+			}
+		}
+	}
+}
+
+func (p *pipeline) handle(ctx context.Context, m replication.Message, fail func(error)) error {
+	if m.Data == nil {
+		p.tracker.Idle(m.ServerWALEnd)
+		return nil
+	}
+	op, err := p.dec.Decode(m.Data, m.WALStart)
+	if err != nil {
+		// A row that cannot be turned into a record stops the relay: skipping
+		// it would lose it, and retrying would meet it again.
+		return fatal(fmt.Errorf("decoding WAL at %s: %w", m.WALStart, err))
+	}
+	switch op.Kind {
+	case decoder.KindBegin:
+		p.tracker.Begin()
+		p.inTxn = true
+	case decoder.KindEvent:
+		tok := p.tracker.Add()
+		tracker := p.tracker
+		ev := op.Event
+		err := p.pub.Publish(ctx, &ev, func(err error) {
+			if err != nil {
+				// Never skip past a failed record: end the session, and the
+				// next one resumes from the slot.
+				fail(fmt.Errorf("publishing event %s to %s: %w", ev.ID, ev.Topic, err))
+				return
+			}
+			tracker.Ack(tok)
+		})
+		if err != nil {
+			return fmt.Errorf("publishing event %s: %w", ev.ID, err)
+		}
+	case decoder.KindCommit:
+		p.tracker.Commit(op.EndLSN)
+		p.inTxn = false
+	}
+	return nil
+}

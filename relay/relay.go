@@ -1,0 +1,319 @@
+// Package relay runs the pipeline: WAL stream -> decoder -> publisher, with
+// the checkpoint deciding what is confirmed to PostgreSQL. It owns the
+// session lifecycle: set-up checks, reconnects with backoff, and the
+// two-phase shutdown (stop reading, drain the publisher, send the final
+// status update, close).
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-relay/outbox-relay/checkpoint"
+	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/replication"
+	"github.com/outbox-relay/outbox-relay/slot"
+)
+
+// Publisher sends events to a broker. Publish blocks at the publisher's
+// in-flight cap; ack is called exactly once per published event, with nil
+// once the broker acknowledged it or with the error that survived the
+// publisher's retries. ack must not block. Close drains: it returns once
+// every published event's ack was called.
+type Publisher interface {
+	Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error
+	Close() error
+}
+
+// NewPublisher connects a publisher. The relay calls it once per session,
+// so a publisher that failed is never reused.
+type NewPublisher func(ctx context.Context) (Publisher, error)
+
+// Config is everything one relay needs.
+type Config struct {
+	// ConnString is the PostgreSQL URL or DSN.
+	ConnString string
+	// Slot names the slot, publication and table.
+	Slot slot.Config
+	// CreateSlot creates a missing publication and slot at start-up.
+	CreateSlot bool
+	// Decoder maps rows to events.
+	Decoder decoder.Config
+	// StatusInterval and ReceiveTimeout tune the replication connection.
+	StatusInterval time.Duration
+	ReceiveTimeout time.Duration
+	// ReconnectMin and ReconnectMax bound the backoff between sessions.
+	// Defaults 500ms and 30s.
+	ReconnectMin, ReconnectMax time.Duration
+	// ShutdownTimeout bounds the drain on SIGTERM: finishing the open
+	// transaction and waiting for broker acks. Default 30s.
+	ShutdownTimeout time.Duration
+	// Logger receives state changes. Default: discard.
+	Logger *slog.Logger
+}
+
+// Validate reports a config the relay cannot run with.
+func (c Config) Validate() error {
+	if err := c.Slot.Validate(); err != nil {
+		return err
+	}
+	if err := c.Decoder.Validate(); err != nil {
+		return err
+	}
+	if c.ReconnectMin < 0 || c.ReconnectMax < 0 || c.ShutdownTimeout < 0 {
+		return errors.New("reconnect backoff and shutdown timeout must not be negative")
+	}
+	if c.ReconnectMin > 0 && c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax {
+		return fmt.Errorf("minimum reconnect backoff %s is above the maximum %s", c.ReconnectMin, c.ReconnectMax)
+	}
+	return c.replicationConfig().Validate()
+}
+
+func (c Config) replicationConfig() replication.Config {
+	return replication.Config{
+		ConnString:     c.ConnString,
+		Slot:           c.Slot.Slot,
+		Publication:    c.Slot.Publication,
+		StatusInterval: c.StatusInterval,
+		ReceiveTimeout: c.ReceiveTimeout,
+		Logger:         c.Logger,
+	}
+}
+
+// Relay streams one slot to one publisher.
+type Relay struct {
+	cfg     Config
+	log     *slog.Logger
+	publish NewPublisher
+
+	// progressed is set once this process has seen the slot, so a slot
+	// that disappears later is an error, never silently recreated.
+	progressed bool
+}
+
+// New checks cfg and returns a relay ready to Run.
+func New(cfg Config, publish NewPublisher) (*Relay, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ReconnectMin == 0 {
+		cfg.ReconnectMin = 500 * time.Millisecond
+	}
+	if cfg.ReconnectMax == 0 {
+		cfg.ReconnectMax = 30 * time.Second
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Relay{cfg: cfg, log: cfg.Logger, publish: publish}, nil
+}
+
+// fatalError ends Run: retrying cannot help.
+type fatalError struct{ err error }
+
+func (e fatalError) Error() string { return e.err.Error() }
+func (e fatalError) Unwrap() error { return e.err }
+
+func fatal(err error) error { return fatalError{err} }
+
+// Run streams until ctx ends (then it drains, confirms and returns nil) or
+// a fatal error: a configuration problem, a lost slot, a row that cannot
+// be decoded. Anything else (connection loss, broker errors) ends the
+// session, and a new one resumes from the slot after a backoff.
+func (r *Relay) Run(ctx context.Context) error {
+	backoff := r.cfg.ReconnectMin
+	for {
+		started := time.Now()
+		err := r.session(ctx)
+		if ctx.Err() != nil {
+			var fe fatalError
+			if err != nil && errors.As(err, &fe) {
+				return err
+			}
+			return nil
+		}
+		if err == nil {
+			err = errors.New("session ended without an error")
+		}
+		var fe fatalError
+		if errors.As(err, &fe) {
+			return fe.err
+		}
+		if time.Since(started) > 2*r.cfg.ReconnectMax {
+			backoff = r.cfg.ReconnectMin // it ran fine for a while
+		}
+		// Full jitter keeps a fleet of relays from reconnecting in step.
+		wait := backoff/2 + rand.N(backoff/2+1)
+		r.log.Warn("session ended; reconnecting", "slot", r.cfg.Slot.Slot, "err", err, "backoff", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, r.cfg.ReconnectMax)
+	}
+}
+
+// session runs one replication session.
+func (r *Relay) session(ctx context.Context) error {
+	start, err := r.prepare(ctx)
+	if err != nil {
+		return err
+	}
+
+	pub, err := r.publish(ctx)
+	if err != nil {
+		return fmt.Errorf("connecting the publisher: %w", err)
+	}
+	// From here on the publisher is closed (drained) before the final
+	// status update, on every path.
+
+	stream, err := replication.Connect(ctx, r.cfg.replicationConfig())
+	if err != nil {
+		pub.Close()
+		return classifyConnect(err)
+	}
+	defer stream.Close()
+	if err := stream.Start(ctx, start); err != nil {
+		pub.Close()
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+			// object_in_use: another relay holds the slot.
+			return fmt.Errorf("slot %s is in use by another process (standby: waiting for it to be released): %w", r.cfg.Slot.Slot, err)
+		}
+		return err
+	}
+	r.progressed = true
+	r.log.Info("streaming", "slot", r.cfg.Slot.Slot, "lsn", start, "pid", stream.PID())
+
+	dec, err := decoder.New(r.cfg.Decoder)
+	if err != nil {
+		pub.Close()
+		return fatal(err)
+	}
+	p := &pipeline{
+		log:     r.log,
+		slot:    r.cfg.Slot.Slot,
+		dec:     dec,
+		pub:     pub,
+		tracker: checkpoint.New(start),
+	}
+	msgs := make(chan replication.Message, 256)
+	// The reader outlives ctx: it keeps confirming while the publisher
+	// drains, and sends the final status update when told to stop.
+	readerCtx, stopReader := context.WithCancel(context.Background())
+	defer stopReader()
+	readerDone := make(chan error, 1)
+	go func() { readerDone <- stream.Run(readerCtx, msgs, p.tracker.Safe) }()
+
+	runErr := p.run(ctx, msgs, readerDone, r.cfg.ShutdownTimeout)
+
+	// Phase two: drain the publisher, then confirm what is safe.
+	drained := make(chan error, 1)
+	go func() { drained <- pub.Close() }()
+	select {
+	case err := <-drained:
+		if err != nil {
+			r.log.Warn("closing the publisher", "err", err)
+		}
+	case <-time.After(r.cfg.ShutdownTimeout):
+		r.log.Warn("publisher did not drain in time; confirming only what was acknowledged", "timeout", r.cfg.ShutdownTimeout, "in_flight", p.tracker.InFlight())
+	}
+	stopReader()
+	readerErr := <-readerDone
+	if !p.readerFailed && readerErr != nil {
+		if runErr == nil {
+			runErr = readerErr
+		} else {
+			r.log.Warn("replication stream", "slot", r.cfg.Slot.Slot, "err", readerErr)
+		}
+	}
+	r.log.Info("session stopped", "slot", r.cfg.Slot.Slot, "confirmed", stream.Confirmed())
+	return runErr
+}
+
+// prepare checks the server, creates what is missing if asked, and returns
+// the slot's confirmed position: where this session resumes.
+func (r *Relay) prepare(ctx context.Context) (pglogrepl.LSN, error) {
+	conn, err := connectAdmin(ctx, r.cfg.ConnString)
+	if err != nil {
+		return 0, classifyConnect(err)
+	}
+	defer conn.Close(context.Background())
+
+	if err := slot.Preflight(ctx, conn, r.cfg.Slot); err != nil {
+		return 0, fatal(err)
+	}
+	info, ok, err := slot.Get(ctx, conn, r.cfg.Slot.Slot)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		if r.progressed {
+			return 0, fatal(fmt.Errorf("replication slot %s disappeared while the relay was using it; it is not recreated automatically because events may have been lost: check who dropped it, reconcile the outbox table, then run `outbox-relay slot create`", r.cfg.Slot.Slot))
+		}
+		if !r.cfg.CreateSlot {
+			return 0, fatal(&slot.Problem{
+				What: fmt.Sprintf("replication slot %s does not exist", r.cfg.Slot.Slot),
+				Fix:  "create it with `outbox-relay slot create` or run with --create-slot",
+			})
+		}
+	}
+	if r.cfg.CreateSlot {
+		created, err := slot.Ensure(ctx, conn, r.cfg.Slot)
+		if err != nil {
+			return 0, fatal(err)
+		}
+		if created {
+			r.log.Info("created publication and slot", "slot", r.cfg.Slot.Slot, "publication", r.cfg.Slot.Publication, "table", r.cfg.Slot.Table)
+		}
+		info, ok, err = slot.Get(ctx, conn, r.cfg.Slot.Slot)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return 0, fmt.Errorf("replication slot %s missing right after creating it", r.cfg.Slot.Slot)
+		}
+	}
+	if info.WALStatus == "lost" {
+		return 0, fatal(slot.LostError(r.cfg.Slot.Slot))
+	}
+	if info.ConfirmedFlush == 0 {
+		return 0, fmt.Errorf("replication slot %s has no confirmed position yet", r.cfg.Slot.Slot)
+	}
+	return info.ConfirmedFlush, nil
+}
+
+func connectAdmin(ctx context.Context, connString string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(connString)
+	if err != nil {
+		return nil, errors.New("parsing the PostgreSQL connection string: invalid URL or DSN")
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// classifyConnect makes authentication and privilege failures fatal:
+// retrying a wrong password only fills the server's log.
+func classifyConnect(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "28P01", "28000": // invalid_password, invalid_authorization_specification
+			return fatal(fmt.Errorf("connecting to PostgreSQL: authentication failed for the configured role (check the user and password; SQLSTATE %s)", pgErr.Code))
+		case "42501", "3D000": // insufficient_privilege, invalid_catalog_name
+			return fatal(fmt.Errorf("connecting to PostgreSQL: %w", err))
+		}
+	}
+	return fmt.Errorf("connecting to PostgreSQL: %w", err)
+}

@@ -1,0 +1,318 @@
+// Package replication speaks PostgreSQL's streaming replication protocol for
+// one logical slot: it connects with replication=database, starts pgoutput,
+// answers keepalives, and reports back the position the rest of the relay
+// says is safe. It is the only code that touches the replication connection.
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Config says where to stream from.
+type Config struct {
+	// ConnString is the PostgreSQL URL or DSN. replication=database is
+	// added; the session settings that change text output are pinned.
+	ConnString string
+	// Slot is the logical replication slot (pgoutput) to stream from.
+	Slot string
+	// Publication is the publication the slot decodes.
+	Publication string
+	// StatusInterval is how often a standby status update is sent, also
+	// while the pipeline is blocked. Default 10s.
+	StatusInterval time.Duration
+	// ReceiveTimeout is how long the server may stay silent before the
+	// connection is considered dead. The relay asks the server for a reply
+	// when it has heard nothing for a StatusInterval, so a live server is
+	// never silent that long. Default 30s.
+	ReceiveTimeout time.Duration
+	// Logger receives state changes. Default: discard.
+	Logger *slog.Logger
+}
+
+// Validate reports a config the stream cannot run with.
+func (c Config) Validate() error {
+	switch {
+	case c.Slot == "":
+		return errors.New("replication slot name is empty")
+	case c.Publication == "":
+		return errors.New("publication name is empty")
+	case c.StatusInterval < 0 || c.ReceiveTimeout < 0:
+		return errors.New("status interval and receive timeout must not be negative")
+	case c.ReceiveTimeout != 0 && c.StatusInterval != 0 && c.ReceiveTimeout <= c.StatusInterval:
+		return fmt.Errorf("receive timeout %s must be longer than the status interval %s", c.ReceiveTimeout, c.StatusInterval)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.StatusInterval == 0 {
+		c.StatusInterval = 10 * time.Second
+	}
+	if c.ReceiveTimeout == 0 {
+		c.ReceiveTimeout = 3 * c.StatusInterval
+		if c.ReceiveTimeout < 30*time.Second {
+			c.ReceiveTimeout = 30 * time.Second
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// pinnedSettings make the text output of values independent of the role's
+// or database's settings, so identical rows give identical bytes.
+var pinnedSettings = map[string]string{
+	"DateStyle":          "ISO, MDY",
+	"TimeZone":           "UTC",
+	"IntervalStyle":      "postgres",
+	"bytea_output":       "hex",
+	"extra_float_digits": "3",
+	"client_encoding":    "UTF8",
+}
+
+// Message is one item of the WAL stream, in stream order.
+type Message struct {
+	// WALStart is the WAL position of an XLogData message.
+	WALStart pglogrepl.LSN
+	// ServerWALEnd is the server's WAL end as the message reports it.
+	ServerWALEnd pglogrepl.LSN
+	// Data is the pgoutput message, owned by the receiver. Nil for a
+	// keepalive: then ServerWALEnd may be confirmed if nothing is in flight.
+	Data []byte
+}
+
+// Stream is a replication connection streaming one slot.
+type Stream struct {
+	cfg    Config
+	conn   *pgconn.PgConn
+	system pglogrepl.IdentifySystemResult
+	log    *slog.Logger
+
+	// lastSent is written by the Run goroutine and read by metrics.
+	lastSent atomic.Uint64
+}
+
+// Connect opens the replication connection and identifies the system.
+func Connect(ctx context.Context, cfg Config) (*Stream, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	pgcfg, err := pgconn.ParseConfig(cfg.ConnString)
+	if err != nil {
+		// ParseConfig's errors can quote the connection string: never
+		// pass them on, they may hold the password.
+		return nil, errors.New("parsing the PostgreSQL connection string: invalid URL or DSN")
+	}
+	pgcfg.RuntimeParams["replication"] = "database"
+	if pgcfg.RuntimeParams["application_name"] == "" {
+		// DBAs see who holds the slot in pg_stat_replication.
+		pgcfg.RuntimeParams["application_name"] = cfg.Slot
+	}
+	for k, v := range pinnedSettings {
+		pgcfg.RuntimeParams[k] = v
+	}
+	conn, err := pgconn.ConnectConfig(ctx, pgcfg)
+	if err != nil {
+		return nil, fmt.Errorf("opening replication connection: %w", err)
+	}
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("identifying system: %w", err)
+	}
+	return &Stream{cfg: cfg, conn: conn, system: sys, log: cfg.Logger}, nil
+}
+
+// ServerWALEnd is the server's WAL position when the connection was made.
+func (s *Stream) ServerWALEnd() pglogrepl.LSN { return s.system.XLogPos }
+
+// PID is the walsender's process id, as pg_stat_replication shows it.
+func (s *Stream) PID() uint32 { return s.conn.PID() }
+
+// Start begins streaming from the slot at start (its confirmed position).
+// The server resumes with the first transaction that commits after it.
+func (s *Stream) Start(ctx context.Context, start pglogrepl.LSN) error {
+	args := []string{
+		"proto_version '1'",
+		"publication_names '" + strings.ReplaceAll(s.cfg.Publication, "'", "''") + "'",
+		"messages 'true'",
+	}
+	err := pglogrepl.StartReplication(ctx, s.conn, quoteIdent(s.cfg.Slot), start,
+		pglogrepl.StartReplicationOptions{PluginArgs: args})
+	if err != nil {
+		return fmt.Errorf("starting replication on slot %s at %s: %w", s.cfg.Slot, start, err)
+	}
+	s.lastSent.Store(uint64(start))
+	return nil
+}
+
+// Run reads the stream until ctx ends or the connection fails. Every
+// XLogData and keepalive goes to out, in order (keepalives only when out
+// has room). safe returns the position to confirm; it is sent on a timer,
+// whenever the server asks, and once more when ctx ends, so a blocked
+// pipeline never makes the walsender time out. Run returns nil when ctx
+// ended and the final status update was sent.
+func (s *Stream) Run(ctx context.Context, out chan<- Message, safe func() pglogrepl.LSN) error {
+	interval := s.cfg.StatusInterval
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	lastHeard := time.Now()
+	nextStatus := time.Now().Add(interval)
+
+	for {
+		if ctx.Err() != nil {
+			return s.finish(safe())
+		}
+		now := time.Now()
+		if !now.Before(nextStatus) {
+			// Ask for a reply when the server has been quiet, so silence
+			// means a dead connection rather than an idle database.
+			quiet := now.Sub(lastHeard) >= interval
+			if err := s.sendStatus(safe(), quiet); err != nil {
+				return err
+			}
+			nextStatus = now.Add(interval)
+		}
+		if silent := now.Sub(lastHeard); silent > s.cfg.ReceiveTimeout {
+			return fmt.Errorf("no message from the server for %s (receive timeout %s): connection presumed dead", silent.Round(time.Second), s.cfg.ReceiveTimeout)
+		}
+
+		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		raw, err := s.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil && !s.conn.IsClosed() {
+				// Told to stop: the read was interrupted, the connection is
+				// intact, so confirm what is safe before closing.
+				return s.finish(safe())
+			}
+			if pgconn.Timeout(err) && !s.conn.IsClosed() {
+				continue // status timer or ctx: both handled at the top
+			}
+			return fmt.Errorf("receiving from slot %s: %w", s.cfg.Slot, err)
+		}
+		lastHeard = time.Now()
+
+		switch msg := raw.(type) {
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parsing keepalive on slot %s: %w", s.cfg.Slot, err)
+				}
+				// Offer the keepalive to the pipeline first: if nothing is in
+				// flight it may move the safe position to the WAL end.
+				select {
+				case out <- Message{ServerWALEnd: ka.ServerWALEnd}:
+				default:
+				}
+				if ka.ReplyRequested {
+					if err := s.sendStatus(safe(), false); err != nil {
+						return err
+					}
+					nextStatus = time.Now().Add(interval)
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parsing XLogData on slot %s: %w", s.cfg.Slot, err)
+				}
+				// The receive buffer is reused by the next read: copy.
+				m := Message{
+					WALStart:     xld.WALStart,
+					ServerWALEnd: xld.ServerWALEnd,
+					Data:         append([]byte(nil), xld.WALData...),
+				}
+				if err := s.handOff(ctx, out, m, ticker.C, safe); err != nil {
+					return err
+				}
+				if ctx.Err() != nil {
+					return s.finish(safe())
+				}
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("slot %s: %w", s.cfg.Slot, pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return fmt.Errorf("server ended replication on slot %s", s.cfg.Slot)
+		default:
+			// NoticeResponse, ParameterStatus: nothing to do.
+		}
+	}
+}
+
+// handOff sends m to the pipeline. While the pipeline is blocked (a slow or
+// absent broker) it keeps sending status updates so the server does not
+// drop the connection; it stops reading WAL, which is the backpressure.
+func (s *Stream) handOff(ctx context.Context, out chan<- Message, m Message, tick <-chan time.Time, safe func() pglogrepl.LSN) error {
+	for {
+		select {
+		case out <- m:
+			return nil
+		case <-ctx.Done():
+			return nil
+		case <-tick:
+			if err := s.sendStatus(safe(), false); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Stream) sendStatus(lsn pglogrepl.LSN, replyRequested bool) error {
+	if lsn == 0 {
+		// A zero position would confirm nothing and pglogrepl would fill
+		// it in: never send one.
+		lsn = pglogrepl.LSN(s.lastSent.Load())
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: lsn,
+		WALFlushPosition: lsn,
+		WALApplyPosition: lsn,
+		ReplyRequested:   replyRequested,
+	})
+	if err != nil {
+		return fmt.Errorf("sending standby status at LSN %s on slot %s: %w", lsn, s.cfg.Slot, err)
+	}
+	s.lastSent.Store(uint64(lsn))
+	return nil
+}
+
+func (s *Stream) finish(lsn pglogrepl.LSN) error {
+	if err := s.sendStatus(lsn, false); err != nil {
+		return fmt.Errorf("sending the final status update: %w", err)
+	}
+	s.log.Info("final status update sent", "slot", s.cfg.Slot, "lsn", lsn)
+	return nil
+}
+
+// Confirmed is the last position sent to the server.
+func (s *Stream) Confirmed() pglogrepl.LSN { return pglogrepl.LSN(s.lastSent.Load()) }
+
+// Close closes the connection. The server keeps the slot and its
+// confirmed position.
+func (s *Stream) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return s.conn.Close(ctx)
+}
+
+// quoteIdent quotes a slot name for the replication grammar.
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}

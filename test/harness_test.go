@@ -1,0 +1,474 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/test/kafkatest"
+	"github.com/outbox-relay/outbox-relay/test/pgtest"
+)
+
+// relayBin is the outbox-relay binary built once for the whole package, so
+// the tests exercise what users run, and can SIGKILL it.
+var relayBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "outbox-relay-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	relayBin = filepath.Join(dir, "outbox-relay")
+	build := exec.Command("go", "build", "-race", "-o", relayBin, "../cmd/outbox-relay")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building outbox-relay:", err)
+		os.Exit(1)
+	}
+	code := pgtest.Run(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer collects a process's output for failure messages.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// relayProc is a running outbox-relay binary.
+type relayProc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// startRelay runs `outbox-relay run` with the given flags plus fast status
+// updates; the process is killed on cleanup if the test did not stop it.
+func startRelay(t *testing.T, args ...string) *relayProc {
+	t.Helper()
+	full := append([]string{"run", "--status-interval", "300ms", "--receive-timeout", "10s", "--log-level", "debug"}, args...)
+	cmd := exec.Command(relayBin, full...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Env = os.Environ()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting relay: %v", err)
+	}
+	p := &relayProc{cmd: cmd, out: out, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("relay output:\n%s", tail(out.String(), 60))
+		}
+	})
+	return p
+}
+
+// stop sends sig and waits for the exit code.
+func (p *relayProc) stop(t *testing.T, sig syscall.Signal, within time.Duration) int {
+	t.Helper()
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(within):
+		t.Fatalf("relay did not exit within %s after %s", within, sig)
+	}
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode()
+	}
+	if p.err != nil {
+		t.Fatalf("waiting for relay: %v", p.err)
+	}
+	return 0
+}
+
+func (p *relayProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func tail(s string, lines int) string {
+	parts := strings.Split(s, "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		lastErr = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s (last error: %v)", within, what, lastErr)
+}
+
+// ---- the outbox scenario shared by the tests -----------------------------
+
+// scenario writes outbox events whose per-aggregate commit order is known:
+// every event bumps its aggregate's counter row in the same transaction,
+// and the row lock serialises transactions on one aggregate, so the
+// counter (the payload's seq) is the commit order.
+type scenario struct {
+	db   *pgtest.DB
+	aggs int
+
+	mu  sync.Mutex
+	txs []writtenTx // every committed transaction
+}
+
+type writtenTx struct {
+	ids []string
+	// after is pg_current_wal_lsn() right after the commit: at or past the
+	// transaction's end LSN.
+	after pglogrepl.LSN
+}
+
+func newScenario(t *testing.T, db *pgtest.DB, aggs int) *scenario {
+	t.Helper()
+	db.Exec(t, `create table agg_seq (id text primary key, n bigint not null default 0)`)
+	db.Exec(t, `insert into agg_seq (id) select 'agg-' || g from generate_series(0, $1::int - 1) g`, aggs)
+	return &scenario{db: db, aggs: aggs}
+}
+
+func aggType(agg int) string {
+	if agg%2 == 0 {
+		return "order"
+	}
+	return "customer"
+}
+
+// writeTx commits one transaction of size events on random aggregates.
+func (s *scenario) writeTx(ctx context.Context, conn *pgx.Conn, rng *rand.Rand, size int) error {
+	aggs := make([]int, size)
+	for i := range aggs {
+		aggs[i] = rng.IntN(s.aggs)
+	}
+	// Lock the aggregates in one order to avoid deadlocks between writers.
+	locked := append([]int(nil), aggs...)
+	sort.Ints(locked)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	names := make([]string, len(locked))
+	for i, a := range locked {
+		names[i] = fmt.Sprintf("agg-%d", a)
+	}
+	if _, err := tx.Exec(ctx, `select 1 from agg_seq where id = any($1) order by id for update`, names); err != nil {
+		return err
+	}
+	ids := make([]string, 0, size)
+	for _, a := range aggs {
+		agg := fmt.Sprintf("agg-%d", a)
+		var id string
+		err := tx.QueryRow(ctx, `with s as (update agg_seq set n = n + 1 where id = $1 returning n)
+			insert into outbox (aggregate_type, aggregate_id, event_type, payload, headers)
+			select $2, $1, 'updated', jsonb_build_object('seq', s.n, 'note', 'x'), '{"source":"test","n":1}' from s
+			returning id::text`, agg, aggType(a)).Scan(&id)
+		if err != nil {
+			return err
+		}
+		ids = append(ids, id)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	return s.recordTx(ctx, conn, ids)
+}
+
+func (s *scenario) recordTx(ctx context.Context, conn *pgx.Conn, ids []string) error {
+	var after pglogrepl.LSN
+	if err := conn.QueryRow(ctx, `select pg_current_wal_lsn()`).Scan(&after); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.txs = append(s.txs, writtenTx{ids: ids, after: after})
+	s.mu.Unlock()
+	return nil
+}
+
+// writeBulk inserts rows events with one INSERT ... SELECT generate_series:
+// every row shares the statement, and the transaction is large.
+func (s *scenario) writeBulk(ctx context.Context, conn *pgx.Conn, rows int) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `select 1 from agg_seq order by id for update`); err != nil {
+		return err
+	}
+	r, err := tx.Query(ctx, `insert into outbox (aggregate_type, aggregate_id, event_type, payload)
+		select case when g % $2 % 2 = 0 then 'order' else 'customer' end,
+		       'agg-' || (g % $2),
+		       'bulk',
+		       jsonb_build_object('seq', a.n + g / $2 + 1)
+		from generate_series(0, $1::int - 1) g
+		join agg_seq a on a.id = 'agg-' || (g % $2)
+		order by g
+		returning id::text`, rows, s.aggs)
+	if err != nil {
+		return err
+	}
+	ids, err := pgx.CollectRows(r, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `update agg_seq set n = n + c.cnt
+		from (select 'agg-' || (g % $2) as id, count(*) as cnt from generate_series(0, $1::int - 1) g group by 1) c
+		where agg_seq.id = c.id`, rows, s.aggs); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	return s.recordTx(ctx, conn, ids)
+}
+
+// writeConcurrently runs writers that together commit total events in
+// transactions of random size 1..maxTx. pace, if set, is called between
+// transactions (to spread writes over a fault).
+func (s *scenario) writeConcurrently(ctx context.Context, writers, total, maxTx int, pace func()) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	per := total / writers
+	for w := range writers {
+		n := per
+		if w == writers-1 {
+			n = total - per*(writers-1)
+		}
+		wg.Add(1)
+		go func(seed uint64, n int) {
+			defer wg.Done()
+			conn, err := pgx.Connect(ctx, s.db.URL)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close(context.Background())
+			rng := rand.New(rand.NewPCG(seed, seed+1))
+			for n > 0 {
+				size := min(1+rng.IntN(maxTx), n)
+				if err := s.writeTx(ctx, conn, rng, size); err != nil {
+					errs <- fmt.Errorf("writer %d: %w", seed, err)
+					return
+				}
+				n -= size
+				if pace != nil {
+					pace()
+				}
+			}
+		}(uint64(w+1), n)
+	}
+	wg.Wait()
+	close(errs)
+	return errors.Join(collect(errs)...)
+}
+
+func collect(ch <-chan error) []error {
+	var out []error
+	for err := range ch {
+		out = append(out, err)
+	}
+	return out
+}
+
+func (s *scenario) total() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, tx := range s.txs {
+		n += len(tx.ids)
+	}
+	return n
+}
+
+// ---- the checker -------------------------------------------------------
+
+type payload struct {
+	Seq int64 `json:"seq"`
+}
+
+type checkResult struct {
+	delivered  int
+	unique     int
+	duplicates []string // event ids delivered more than once
+}
+
+// check asserts every committed event was delivered, with the right key and
+// headers, and that, after dropping repeats, each aggregate's events arrive
+// in commit order (seq 1, 2, 3, ... within its partition).
+func (s *scenario) check(t *testing.T, recs []kafkatest.Record) checkResult {
+	t.Helper()
+	s.mu.Lock()
+	want := map[string]bool{}
+	for _, tx := range s.txs {
+		for _, id := range tx.ids {
+			want[id] = true
+		}
+	}
+	s.mu.Unlock()
+
+	// Order records by partition offset: that is the order a consumer sees.
+	sort.Slice(recs, func(i, j int) bool {
+		if recs[i].Topic != recs[j].Topic {
+			return recs[i].Topic < recs[j].Topic
+		}
+		if recs[i].Partition != recs[j].Partition {
+			return recs[i].Partition < recs[j].Partition
+		}
+		return recs[i].Offset < recs[j].Offset
+	})
+	seen := map[string]int{}
+	lastSeq := map[string]int64{}
+	partOf := map[string]int32{}
+	var res checkResult
+	for _, r := range recs {
+		res.delivered++
+		id := r.Headers["id"]
+		if id == "" {
+			t.Fatalf("record %s/%d@%d has no id header", r.Topic, r.Partition, r.Offset)
+		}
+		seen[id]++
+		if seen[id] > 1 {
+			res.duplicates = append(res.duplicates, id)
+			continue
+		}
+		if !want[id] {
+			t.Fatalf("record with id %s was never committed", id)
+		}
+		key := string(r.Key)
+		var agg int
+		if _, err := fmt.Sscanf(key, "agg-%d", &agg); err != nil {
+			t.Fatalf("record %s has key %q, want agg-N", id, key)
+		}
+		if wantTopic := "outbox." + aggType(agg); r.Topic != wantTopic {
+			t.Fatalf("record %s on topic %s, want %s", id, r.Topic, wantTopic)
+		}
+		if r.Headers["aggregate_type"] != aggType(agg) || r.Headers["event_type"] == "" {
+			t.Fatalf("record %s headers %v: want aggregate_type and event_type", id, r.Headers)
+		}
+		if p, ok := partOf[key]; ok && p != r.Partition {
+			t.Fatalf("aggregate %s on partitions %d and %d", key, p, r.Partition)
+		}
+		partOf[key] = r.Partition
+		var pl payload
+		if err := json.Unmarshal(r.Value, &pl); err != nil {
+			t.Fatalf("record %s payload %q: %v", id, r.Value, err)
+		}
+		if pl.Seq != lastSeq[key]+1 {
+			t.Fatalf("aggregate %s: seq %d after %d (record %s at %s/%d@%d): per-aggregate order broken or event lost",
+				key, pl.Seq, lastSeq[key], id, r.Topic, r.Partition, r.Offset)
+		}
+		lastSeq[key] = pl.Seq
+	}
+	res.unique = len(seen)
+	for id := range want {
+		if seen[id] == 0 {
+			t.Fatalf("event %s committed but never delivered (%d of %d delivered)", id, len(seen), len(want))
+		}
+	}
+	return res
+}
+
+// confirmedBefore returns the ids of events whose transaction ended at or
+// before lsn: a correct relay never sends them again after a restart.
+func (s *scenario) confirmedBefore(lsn pglogrepl.LSN) map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]bool{}
+	for _, tx := range s.txs {
+		if tx.after <= lsn {
+			for _, id := range tx.ids {
+				out[id] = true
+			}
+		}
+	}
+	return out
+}
+
+// slotConfirmed reads the slot's confirmed_flush_lsn.
+func slotConfirmed(ctx context.Context, db *pgtest.DB, slotName string) (pglogrepl.LSN, error) {
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	var lsn pglogrepl.LSN
+	err = conn.QueryRow(ctx, `select confirmed_flush_lsn from pg_replication_slots where slot_name = $1`, slotName).Scan(&lsn)
+	return lsn, err
+}
+
+func currentWAL(ctx context.Context, db *pgtest.DB) (pglogrepl.LSN, error) {
+	conn, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	var lsn pglogrepl.LSN
+	err = conn.QueryRow(ctx, `select pg_current_wal_lsn()`).Scan(&lsn)
+	return lsn, err
+}
+
+// migrate creates the outbox table with the relay's own command.
+func migrate(t *testing.T, db *pgtest.DB) {
+	t.Helper()
+	out, err := exec.Command(relayBin, "migrate", "--pg-url", db.URL).CombinedOutput()
+	if err != nil {
+		t.Fatalf("outbox-relay migrate: %v\n%s", err, out)
+	}
+}
