@@ -58,6 +58,8 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
+	// Observer, if set, is told about progress for metrics and health.
+	Observer Observer
 }
 
 // Validate reports a config the relay cannot run with.

@@ -1,59 +1,51 @@
 package main
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/relay"
-	"github.com/outbox-relay/outbox-relay/sink"
 	"github.com/outbox-relay/outbox-relay/slot"
 )
 
+// runCommand is `outbox-relay run`. Its flags come in groups, each in its
+// own file: the core ones here, kafkaFlags (kafka_flags.go), sinkFlags
+// (sinks.go), observeFlags (observe.go), outboxFlags (outbox_flags.go).
 func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "run",
-		Usage:  "stream outbox inserts to Kafka until stopped (SIGINT/SIGTERM drain and exit 0)",
+		Usage:  "stream outbox inserts to the broker until stopped (SIGINT/SIGTERM drain and exit 0)",
 		Before: applyConfigFile,
-		Flags: append([]cli.Flag{
-			configFlag(), pgURLFlag(), slotFlag(), publicationFlag(), tableFlag(),
-			&cli.BoolFlag{Name: "create-slot", Value: true, EnvVars: env("CREATE_SLOT"),
-				Usage: "create the publication and slot when missing (never after progress was made)"},
-			&cli.StringFlag{Name: "columns", EnvVars: env("COLUMNS"),
-				Usage: "column mapping over the defaults, e.g. aggregate_type=aggregatetype,aggregate_id=aggregateid,event_type=type"},
-			&cli.StringFlag{Name: "topic", Value: "outbox.{aggregate_type}", EnvVars: env("TOPIC"),
-				Usage: "topic template; {column} placeholders"},
-			&cli.StringSliceFlag{Name: "kafka-brokers", Value: cli.NewStringSlice("localhost:9092"), EnvVars: env("KAFKA_BROKERS"),
-				Usage: "Kafka bootstrap brokers, comma separated"},
-			&cli.IntFlag{Name: "max-in-flight", Value: 10000, EnvVars: env("MAX_IN_FLIGHT"),
-				Usage: "records published and not yet acknowledged before reading WAL pauses"},
-			&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: env("STATUS_INTERVAL"),
-				Usage: "how often the confirmed position is reported to PostgreSQL"},
-			&cli.DurationFlag{Name: "receive-timeout", Value: 30 * time.Second, EnvVars: env("RECEIVE_TIMEOUT"),
-				Usage: "silence from PostgreSQL after which the connection is presumed dead"},
-			&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"),
-				Usage: "how long a stop may take to finish the open transaction and drain broker acks"},
-		}, append(kafkaFlags(), logFlags()...)...),
+		Flags:  concatFlags(coreFlags(), kafkaFlags(), sinkFlags(), outboxFlags(), observeFlags(), logFlags()),
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c, os.Stderr)
 			if err != nil {
 				return err
 			}
-			cfg, kcfg, err := relayConfig(c, log)
+			cfg, err := relayConfig(c, log)
 			if err != nil {
 				return err
 			}
-			r, err := relay.New(cfg, kafkaPublisher(kcfg))
+			publisher, describe, err := newPublisher(c, log)
+			if err != nil {
+				return err
+			}
+			obs, err := startObservability(c, log)
+			if err != nil {
+				return err
+			}
+			defer obs.Close()
+			cfg.Observer = obs.Observer()
+			r, err := relay.New(cfg, publisher)
 			if err != nil {
 				return usageErr(err)
 			}
-			log.Info("starting", "version", version, "slot", cfg.Slot.Slot, "table", cfg.Slot.Table, "brokers", strings.Join(kcfg.Brokers, ","))
+			log.Info("starting", "version", version, "slot", cfg.Slot.Slot, "table", cfg.Slot.Table, "sink", describe)
 			if err := r.Run(c.Context); err != nil {
 				return err
 			}
@@ -63,11 +55,29 @@ func runCommand() *cli.Command {
 	}
 }
 
-func kafkaFlags() []cli.Flag {
+func concatFlags(groups ...[]cli.Flag) []cli.Flag {
+	var out []cli.Flag
+	for _, g := range groups {
+		out = append(out, g...)
+	}
+	return out
+}
+
+func coreFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "kafka-client-id", Value: "outbox-relay", EnvVars: env("KAFKA_CLIENT_ID"), Usage: "Kafka client id"},
-		&cli.StringFlag{Name: "kafka-version", Value: "2.1.0", EnvVars: env("KAFKA_VERSION"), Usage: "Kafka protocol version to speak (>= 0.11 for the idempotent producer)"},
-		&cli.StringFlag{Name: "kafka-compression", Value: "none", EnvVars: env("KAFKA_COMPRESSION"), Usage: "none, gzip, snappy, lz4 or zstd"},
+		configFlag(), pgURLFlag(), slotFlag(), publicationFlag(), tableFlag(),
+		&cli.BoolFlag{Name: "create-slot", Value: true, EnvVars: env("CREATE_SLOT"),
+			Usage: "create the publication and slot when missing (never after progress was made)"},
+		&cli.StringFlag{Name: "columns", EnvVars: env("COLUMNS"),
+			Usage: "column mapping over the defaults, e.g. aggregate_type=aggregatetype,aggregate_id=aggregateid,event_type=type"},
+		&cli.StringFlag{Name: "topic", Value: "outbox.{aggregate_type}", EnvVars: env("TOPIC"),
+			Usage: "topic (or subject, stream...) template; {column} placeholders"},
+		&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: env("STATUS_INTERVAL"),
+			Usage: "how often the confirmed position is reported to PostgreSQL"},
+		&cli.DurationFlag{Name: "receive-timeout", Value: 30 * time.Second, EnvVars: env("RECEIVE_TIMEOUT"),
+			Usage: "silence from PostgreSQL after which the connection is presumed dead"},
+		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"),
+			Usage: "how long a stop may take to finish the open transaction and drain broker acks"},
 	}
 }
 
@@ -94,16 +104,16 @@ func newLogger(c *cli.Context, w io.Writer) (*slog.Logger, error) {
 	}
 }
 
-// relayConfig turns the run flags into config structs, each validated.
-func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, sink.KafkaConfig, error) {
+// relayConfig turns the core and outbox flags into a validated relay.Config.
+func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, error) {
 	connString, err := pgConnString(c)
 	if err != nil {
-		return relay.Config{}, sink.KafkaConfig{}, err
+		return relay.Config{}, err
 	}
 	cols := decoder.DefaultColumns()
 	if spec := c.String("columns"); spec != "" {
 		if cols, err = decoder.ParseColumns(spec); err != nil {
-			return relay.Config{}, sink.KafkaConfig{}, usagef("--columns: %w", err)
+			return relay.Config{}, usagef("--columns: %w", err)
 		}
 	}
 	cfg := relay.Config{
@@ -124,40 +134,11 @@ func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, sink.KafkaConf
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
 		Logger:          log,
 	}
+	if err := applyOutboxFlags(c, &cfg); err != nil {
+		return relay.Config{}, err
+	}
 	if err := cfg.Validate(); err != nil {
-		return relay.Config{}, sink.KafkaConfig{}, usageErr(err)
+		return relay.Config{}, usageErr(err)
 	}
-	kcfg := sink.KafkaConfig{
-		Brokers:     splitList(c.StringSlice("kafka-brokers")),
-		ClientID:    c.String("kafka-client-id"),
-		Version:     c.String("kafka-version"),
-		MaxInFlight: c.Int("max-in-flight"),
-		Compression: c.String("kafka-compression"),
-		Logger:      log,
-	}
-	if err := kcfg.Validate(); err != nil {
-		return relay.Config{}, sink.KafkaConfig{}, usageErr(err)
-	}
-	return cfg, kcfg, nil
-}
-
-// kafkaPublisher connects a fresh producer for each session.
-func kafkaPublisher(cfg sink.KafkaConfig) relay.NewPublisher {
-	return func(context.Context) (relay.Publisher, error) {
-		// NewKafka's errors name the brokers already.
-		return sink.NewKafka(cfg)
-	}
-}
-
-// splitList accepts both repeated flags and comma-separated values.
-func splitList(in []string) []string {
-	var out []string
-	for _, s := range in {
-		for _, part := range strings.Split(s, ",") {
-			if part = strings.TrimSpace(part); part != "" {
-				out = append(out, part)
-			}
-		}
-	}
-	return out
+	return cfg, nil
 }
