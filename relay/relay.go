@@ -305,16 +305,28 @@ func connectAdmin(ctx context.Context, connString string) (*pgx.Conn, error) {
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
-// classifyConnect makes authentication and privilege failures fatal:
-// retrying a wrong password only fills the server's log.
+// classifyConnect makes authentication and privilege failures fatal
+// configuration problems: retrying a wrong password only fills the
+// server's log.
 func classifyConnect(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case "28P01", "28000": // invalid_password, invalid_authorization_specification
-			return fatal(fmt.Errorf("connecting to PostgreSQL: authentication failed for the configured role (check the user and password; SQLSTATE %s)", pgErr.Code))
-		case "42501", "3D000": // insufficient_privilege, invalid_catalog_name
-			return fatal(fmt.Errorf("connecting to PostgreSQL: %w", err))
+			return fatal(&slot.Problem{
+				What: fmt.Sprintf("PostgreSQL rejected the login (SQLSTATE %s: %s)", pgErr.Code, pgErr.Message),
+				Fix:  "check the user and password in --pg-url (or PGUSER/PGPASSWORD) and pg_hba.conf",
+			})
+		case "42501": // insufficient_privilege
+			return fatal(&slot.Problem{
+				What: fmt.Sprintf("PostgreSQL refused the connection: %s", pgErr.Message),
+				Fix:  "the relay's role needs LOGIN and REPLICATION: ALTER ROLE <role> LOGIN REPLICATION",
+			})
+		case "3D000": // invalid_catalog_name
+			return fatal(&slot.Problem{
+				What: fmt.Sprintf("PostgreSQL: %s", pgErr.Message),
+				Fix:  "check the database name in --pg-url",
+			})
 		}
 	}
 	return fmt.Errorf("connecting to PostgreSQL: %w", err)
