@@ -132,9 +132,12 @@ func waitSlotActive(t *testing.T, db *pgtest.DB, slot string) {
 			return false, err
 		}
 		defer conn.Close(context.Background())
-		var active bool
-		err = conn.QueryRow(t.Context(), `select active from pg_replication_slots where slot_name = $1`, slot).Scan(&active)
-		return active, err
+		// A slot is also active while pg_create_logical_replication_slot
+		// builds it: wait for a walsender to hold it.
+		var streaming bool
+		err = conn.QueryRow(t.Context(), `select exists (select 1 from pg_replication_slots s
+			join pg_stat_replication r on r.pid = s.active_pid where s.slot_name = $1)`, slot).Scan(&streaming)
+		return streaming, err
 	})
 }
 
