@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -140,7 +141,7 @@ func exampleConfig(cmd *cli.Command) string {
 				usage += " (env " + strings.Join(ev, ", ") + ")"
 			}
 		}
-		b.WriteString("\n# " + usage + "\n")
+		b.WriteString("\n## " + usage + "\n")
 		b.WriteString("# " + name + ": " + defaultText(f) + "\n")
 	}
 	return b.String()
@@ -150,6 +151,9 @@ func defaultText(f cli.Flag) string {
 	df, ok := f.(cli.DocGenerationFlag)
 	if !ok {
 		return ""
+	}
+	if bf, ok := f.(*cli.BoolFlag); ok {
+		return strconv.FormatBool(bf.Value)
 	}
 	if sf, ok := f.(*cli.StringSliceFlag); ok {
 		if sf.Value == nil || len(sf.Value.Value()) == 0 {
@@ -165,4 +169,21 @@ func defaultText(f cli.Flag) string {
 		return v
 	}
 	return strconv.Quote(v)
+}
+
+// configCommand is `outbox-relay config example`: prints a config file
+// listing every run flag with its default and environment variable.
+func configCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "config",
+		Usage: "configuration helpers",
+		Subcommands: []*cli.Command{{
+			Name:  "example",
+			Usage: "print a YAML config file listing every `run` flag with its default",
+			Action: func(c *cli.Context) error {
+				_, err := io.WriteString(c.App.Writer, exampleConfig(runCommand()))
+				return err
+			},
+		}},
+	}
 }

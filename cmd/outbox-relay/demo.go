@@ -99,6 +99,11 @@ func runDemo(c *cli.Context) error {
 	}
 
 	slotCfg := slot.Config{Slot: "outbox_relay_demo", Publication: "outbox_relay_demo", Table: "public.outbox"}
+	// The slot must exist before the first event is written: a slot only
+	// sees transactions that commit after it was created.
+	if _, err := slot.Ensure(ctx, conn, slotCfg); err != nil {
+		return fmt.Errorf("creating the demo slot: %w", err)
+	}
 	cfg := relay.Config{
 		ConnString:     url,
 		Slot:           slotCfg,
@@ -115,7 +120,9 @@ func runDemo(c *cli.Context) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	runCtx, stop := context.WithCancel(ctx)
+	// The relay and the consumer outlive ctx (Ctrl-C, --duration) so that
+	// what was written is delivered before the demo stops them.
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	relayErr := make(chan error, 1)
 	wg.Add(1)
@@ -131,11 +138,14 @@ func runDemo(c *cli.Context) error {
 		defer wg.Done()
 		consumeErr <- consumeDemo(runCtx, brokers, st)
 	}()
+	// The writer stops first, so the relay can deliver what was written.
+	writeCtx, stopWriting := context.WithCancel(ctx)
+	defer stopWriting()
 	writeErr := make(chan error, 1)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		writeErr <- writeDemo(runCtx, url, rate, st)
+		writeErr <- writeDemo(writeCtx, url, rate, st)
 	}()
 
 	fmt.Fprintf(out, "writing ~%d order events/s over 20 aggregates (some transactions carry several events); Ctrl-C stops and cleans up\n", rate)
@@ -164,6 +174,10 @@ loop:
 			printDemoLine(ctx, out, conn, slotCfg.Slot, st)
 		}
 	}
+	if runErr == nil {
+		stopWriting()
+		drainDemo(relayErr, st, 10*time.Second)
+	}
 	stop()
 	wg.Wait()
 	printDemoLine(context.Background(), out, conn, slotCfg.Slot, st)
@@ -177,6 +191,28 @@ loop:
 		return errors.New("no events were delivered")
 	}
 	return nil
+}
+
+// drainDemo waits, up to limit, until every written event was delivered.
+func drainDemo(relayErr <-chan error, st *demoStats, limit time.Duration) {
+	deadline := time.After(limit)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st.mu.Lock()
+		done := st.delivered >= st.written
+		st.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-deadline:
+			return
+		case <-relayErr:
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // demoStats is shared by the writer, the consumer and the status line.
@@ -300,7 +336,11 @@ func writeDemoTx(ctx context.Context, conn *pgx.Conn, rng *rand.Rand, n int) err
 // measures write-to-delivery latency.
 func consumeDemo(ctx context.Context, brokers []string, st *demoStats) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeRegex(), kgo.ConsumeTopics(`^outbox\..*`),
-		kgo.MetadataMinAge(250*time.Millisecond))
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		// The topics appear when the relay first produces: look for them
+		// every second instead of kgo's default five minutes.
+		kgo.MetadataMinAge(250*time.Millisecond), kgo.MetadataMaxAge(time.Second),
+		kgo.FetchMaxWait(100*time.Millisecond))
 	if err != nil {
 		return err
 	}

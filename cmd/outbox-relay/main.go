@@ -61,6 +61,7 @@ func newApp() *cli.App {
 			migrateCommand(),
 			slotCommand(),
 			demoCommand(),
+			configCommand(),
 		},
 	}
 }
