@@ -39,6 +39,19 @@ func DefaultColumns() Columns {
 	}
 }
 
+// DebeziumColumns returns the column names of Debezium's outbox table
+// (id, aggregatetype, aggregateid, type, payload), which has no headers or
+// created_at column.
+func DebeziumColumns() Columns {
+	return Columns{
+		ID:            "id",
+		AggregateType: "aggregatetype",
+		AggregateID:   "aggregateid",
+		EventType:     "type",
+		Payload:       "payload",
+	}
+}
+
 // logicalNames lists the logical column names in the order a spec or an
 // error message shows them.
 var logicalNames = []string{"id", "aggregate_type", "aggregate_id", "event_type", "payload", "headers", "created_at"}
@@ -69,7 +82,13 @@ func (c *Columns) field(logical string) *string {
 // over DefaultColumns. An empty value ("headers=") turns an optional column
 // off. Names are raw column names, compared exactly (no SQL quoting).
 func ParseColumns(spec string) (Columns, error) {
-	c := DefaultColumns()
+	return ParseColumnsOver(DefaultColumns(), spec)
+}
+
+// ParseColumnsOver is ParseColumns over base instead of DefaultColumns,
+// e.g. over DebeziumColumns for a preset plus the user's changes.
+func ParseColumnsOver(base Columns, spec string) (Columns, error) {
+	c := base
 	if strings.TrimSpace(spec) == "" {
 		return c, nil
 	}

@@ -13,6 +13,17 @@ const DefaultTopic = "outbox.{aggregate_type}"
 // relay's own heartbeats when Config.HeartbeatPrefix is empty.
 const DefaultHeartbeatPrefix = "outbox-relay.heartbeat"
 
+// DefaultMessagePrefix is the logical decoding message prefix of table-free
+// outbox events (outbox.Emit). The relay's --message-prefix defaults to it;
+// in a Config an empty MessagePrefix turns message mode off.
+const DefaultMessagePrefix = "outbox"
+
+// DefaultTraceColumn is the column the relay's --trace-column defaults to.
+const DefaultTraceColumn = "traceparent"
+
+// DebeziumTopic is the topic template of Debezium's outbox EventRouter.
+const DebeziumTopic = "outbox.event.{aggregate_type}"
+
 // Config says which table holds the outbox and how its rows become events.
 type Config struct {
 	// Table is "schema.name" or "name" (schema public). Names are raw, as
@@ -28,6 +39,18 @@ type Config struct {
 	// HeartbeatPrefix marks logical decoding messages that are the relay's
 	// own heartbeats, default DefaultHeartbeatPrefix.
 	HeartbeatPrefix string
+	// MessagePrefix is the prefix of transactional logical decoding
+	// messages that carry table-free events (see Envelope); empty means
+	// messages are never events. It must differ from HeartbeatPrefix.
+	MessagePrefix string
+	// HeaderColumns are extra columns of the row passed as record headers,
+	// keyed by column name, valued by the column's text; a NULL column
+	// adds no header. A column missing from the table is a *RowError.
+	HeaderColumns []string
+	// TraceColumn is a column holding a W3C traceparent, passed as the
+	// record header "traceparent" when the table has that column; empty
+	// means none (a "traceparent" key of the headers column still works).
+	TraceColumn string
 }
 
 // withDefaults fills empty fields, so a zero Config plus a table works.
@@ -54,8 +77,28 @@ func (c Config) Validate() error {
 	if err := c.Columns.validate(); err != nil {
 		return err
 	}
+	if c.MessagePrefix != "" && c.MessagePrefix == c.HeartbeatPrefix {
+		return fmt.Errorf("message prefix %q: it is also the heartbeat prefix; pick another", c.MessagePrefix)
+	}
+	seen := make(map[string]bool, len(c.HeaderColumns))
+	for _, col := range c.HeaderColumns {
+		switch {
+		case col == "":
+			return errors.New("header columns: empty column name")
+		case seen[col]:
+			return fmt.Errorf("header columns: column %q listed twice", col)
+		case reservedHeader(col):
+			return fmt.Errorf("header columns: column %q would clash with the record header %q the relay sets itself", col, col)
+		}
+		seen[col] = true
+	}
 	_, err := compileTopic(c.Topic)
 	return err
+}
+
+// reservedHeader reports whether every record already carries header k.
+func reservedHeader(k string) bool {
+	return k == "id" || k == "event_type" || k == "aggregate_type" || k == traceHeader
 }
 
 // splitTable splits "schema.name" or "name" (schema public).

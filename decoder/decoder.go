@@ -3,6 +3,7 @@ package decoder
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -36,6 +37,9 @@ type Decoder struct {
 	cols          Columns
 	topic         []segment
 	heartbeat     string
+	msgPrefix     string
+	headerCols    []string
+	traceCol      string
 
 	rels       map[uint32]*relation
 	inTxn      bool
@@ -69,6 +73,10 @@ type layout struct {
 	// topicCols holds, per template segment, the column index of a raw
 	// placeholder (-1 when absent or not a raw placeholder).
 	topicCols []int
+	// headerCols holds, per Config.HeaderColumns entry, its column index
+	// (-1 when absent); trace is the trace column's index or -1.
+	headerCols []int
+	trace      int
 }
 
 // tupleField is one column of a tuple, as offsets into the message.
@@ -86,13 +94,16 @@ func New(cfg Config) (*Decoder, error) {
 	schema, table, _ := splitTable(cfg.Table)
 	topic, _ := compileTopic(cfg.Topic)
 	return &Decoder{
-		schema:    schema,
-		table:     table,
-		cols:      cfg.Columns,
-		topic:     topic,
-		heartbeat: cfg.HeartbeatPrefix,
-		rels:      make(map[uint32]*relation),
-		topics:    make(map[string]string),
+		schema:     schema,
+		table:      table,
+		cols:       cfg.Columns,
+		topic:      topic,
+		heartbeat:  cfg.HeartbeatPrefix,
+		msgPrefix:  cfg.MessagePrefix,
+		headerCols: slices.Clone(cfg.HeaderColumns),
+		traceCol:   cfg.TraceColumn,
+		rels:       make(map[uint32]*relation),
+		topics:     make(map[string]string),
 	}, nil
 }
 
@@ -126,14 +137,7 @@ func (d *Decoder) Decode(data []byte, walStart pglogrepl.LSN) (Op, error) {
 	case 'I':
 		return d.insert(&r, walStart)
 	case 'M':
-		// Heartbeats and every other prefix carry nothing for the relay
-		// yet; parsing still rejects garbage.
-		_, _, _ = r.u8(), r.u64(), r.cstring()
-		r.bytes(int(r.u32()))
-		if err := r.done(walStart, "logical decoding message"); err != nil {
-			return Op{}, err
-		}
-		return Op{Kind: KindSkip}, nil
+		return d.message(&r, walStart)
 	case 'Y', 'O', 'T', 'U', 'D':
 		// Types, origins, truncates, updates and deletes never make events:
 		// deleting or pruning outbox rows must not publish anything.
@@ -153,10 +157,14 @@ func (d *Decoder) relation(r *reader, walStart pglogrepl.LSN) error {
 	isOutbox := rel.namespace == d.schema && rel.name == d.table
 	var lay *layout
 	if isOutbox {
-		lay = &layout{id: -1, aggType: -1, aggID: -1, eventType: -1, payload: -1, headers: -1, createdAt: -1}
+		lay = &layout{id: -1, aggType: -1, aggID: -1, eventType: -1, payload: -1, headers: -1, createdAt: -1, trace: -1}
 		lay.topicCols = make([]int, len(d.topic))
 		for i := range lay.topicCols {
 			lay.topicCols[i] = -1
+		}
+		lay.headerCols = make([]int, len(d.headerCols))
+		for i := range lay.headerCols {
+			lay.headerCols[i] = -1
 		}
 	}
 	for i := 0; i < n && !r.bad; i++ {
@@ -193,6 +201,14 @@ func (d *Decoder) relation(r *reader, walStart pglogrepl.LSN) error {
 			if seg.field == fieldRaw && string(col) == seg.text {
 				lay.topicCols[j] = i
 			}
+		}
+		for j, name := range d.headerCols {
+			if string(col) == name {
+				lay.headerCols[j] = i
+			}
+		}
+		if d.traceCol != "" && string(col) == d.traceCol {
+			lay.trace = i
 		}
 	}
 	if err := r.done(walStart, "relation"); err != nil {
@@ -343,6 +359,20 @@ func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Eve
 		}
 		ev.Headers = hs
 	}
+	var extra []Header
+	for j, c := range lay.headerCols {
+		if c < 0 {
+			return Event{}, rowErr(d.headerCols[j], fmt.Sprintf("is a header column but missing from table %s.%s", rel.namespace, rel.name))
+		}
+		if d.tuple[c].kind == 't' {
+			extra = append(extra, Header{Key: d.headerCols[j], Value: append([]byte(nil), val(c)...)})
+		}
+	}
+	var trace []byte
+	if lay.trace >= 0 && d.tuple[lay.trace].kind == 't' {
+		trace = val(lay.trace)
+	}
+	ev.Headers = mergeHeaders(ev.Headers, extra, trace)
 
 	if lay.createdAt >= 0 && d.tuple[lay.createdAt].kind == 't' {
 		v := val(lay.createdAt)
@@ -353,7 +383,17 @@ func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Eve
 		ev.CreatedAt = t
 	}
 
-	topic, err := d.renderTopic(&ev, data, lay, rowErr)
+	raw := func(seg int, name string) ([]byte, error) {
+		c := lay.topicCols[seg]
+		if c < 0 {
+			return nil, rowErr(name, "is used in the topic template but missing from the table")
+		}
+		if d.tuple[c].kind != 't' {
+			return nil, rowErr(name, "is used in the topic template but NULL")
+		}
+		return val(c), nil
+	}
+	topic, err := d.renderTopic(&ev, raw, rowErr)
 	if err != nil {
 		return Event{}, err
 	}
@@ -363,7 +403,8 @@ func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Eve
 
 // renderTopic renders the template for ev; rendered topics are cached, so
 // the usual few aggregate types cost no allocation after the first event.
-func (d *Decoder) renderTopic(ev *Event, data []byte, lay *layout, rowErr func(col, reason string) error) (string, error) {
+// raw returns the text of the raw placeholder of template segment seg.
+func (d *Decoder) renderTopic(ev *Event, raw func(seg int, name string) ([]byte, error), rowErr func(col, reason string) error) (string, error) {
 	b := d.topBuf[:0]
 	for i, seg := range d.topic {
 		switch seg.field {
@@ -378,15 +419,11 @@ func (d *Decoder) renderTopic(ev *Event, data []byte, lay *layout, rowErr func(c
 		case fieldEventType:
 			b = append(b, ev.EventType...)
 		case fieldRaw:
-			c := lay.topicCols[i]
-			if c < 0 {
-				return "", rowErr(seg.text, "is used in the topic template but missing from the table")
+			v, err := raw(i, seg.text)
+			if err != nil {
+				return "", err
 			}
-			f := d.tuple[c]
-			if f.kind != 't' {
-				return "", rowErr(seg.text, "is used in the topic template but NULL")
-			}
-			b = append(b, data[f.start:f.end]...)
+			b = append(b, v...)
 		}
 	}
 	d.topBuf = b

@@ -25,13 +25,22 @@ type RowError struct {
 	Column string
 	// Reason says what is wrong.
 	Reason string
+	// Prefix is the logical decoding message prefix when the event came
+	// from a table-free message rather than a row; Column is then empty.
+	Prefix string
 }
 
 // Error returns e.g. "outbox row at LSN 0/16B3748 (id 3f...): column
 // aggregate_id is NULL".
 func (e *RowError) Error() string {
 	var b strings.Builder
-	b.WriteString("outbox row at LSN ")
+	if e.Prefix != "" {
+		b.WriteString("outbox message (prefix ")
+		b.WriteString(e.Prefix)
+		b.WriteString(") at LSN ")
+	} else {
+		b.WriteString("outbox row at LSN ")
+	}
 	b.WriteString(e.LSN.String())
 	if e.EventID != "" {
 		b.WriteString(" (id ")

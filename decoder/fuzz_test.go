@@ -22,9 +22,13 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add(relationMsg(16400, "public", "outbox", defaultCols))
 	f.Add(insertMsg(16400, goodRow()...))
+	env := `{"v":1,"id":"i","aggregate_type":"order","aggregate_id":"1","event_type":"e","payload":{"a":1},"headers":{"tenant":"t"},"created_at":"2026-11-23T12:00:00Z"}`
+	f.Add(messageMsg(true, "outbox", []byte(env)))
+	f.Add(messageMsg(true, "outbox", []byte(`{"v":1,"id":"i","aggregate_type":"o","aggregate_id":"1","event_type":"e","payload":"AAE=","payload_encoding":"base64"}`)))
+	f.Add(messageMsg(false, "outbox", []byte(env)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, table := range []string{"outbox", "outbox_bytea"} {
-			d, err := New(Config{Table: table, Topic: "{tenant}.{aggregate_type}"})
+			d, err := New(Config{Table: table, Topic: "{tenant}.{aggregate_type}", MessagePrefix: "outbox", HeaderColumns: []string{"tenant"}, TraceColumn: "tenant"})
 			if err != nil {
 				t.Fatal(err)
 			}
