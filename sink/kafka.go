@@ -8,11 +8,16 @@ package sink
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -26,6 +31,39 @@ var ErrUnreachable = errors.New("no Kafka broker reachable")
 
 // ErrClosed is returned by Publish once Close has been called.
 var ErrClosed = errors.New("kafka sink closed")
+
+// ErrAuth is wrapped by NewKafka's error when a broker rejected the SASL
+// credentials or mechanism. Retrying cannot help.
+var ErrAuth = errors.New("kafka SASL authentication failed")
+
+// ErrTLS is wrapped by NewKafka's error when TLS with a broker failed for a
+// reason retrying cannot fix: its certificate does not verify, it refused
+// the client's certificate, or it does not speak TLS.
+var ErrTLS = errors.New("kafka TLS handshake failed")
+
+// RejectedError is NewKafka's error when a broker was reached but refused
+// the connection's TLS or SASL setup. It wraps ErrAuth or ErrTLS and the
+// underlying error; ConfigProblem reports true (the CLI exits with code 2
+// instead of retrying). Its text never contains the password.
+type RejectedError struct {
+	// Broker is the broker's address, or the configured list when sarama
+	// did not say which broker answered.
+	Broker string
+	// Kind is ErrAuth or ErrTLS.
+	Kind error
+	// Err is what the client saw.
+	Err error
+	msg string
+}
+
+func (e *RejectedError) Error() string { return e.msg }
+
+// Unwrap returns Kind and Err.
+func (e *RejectedError) Unwrap() []error { return []error{e.Kind, e.Err} }
+
+// ConfigProblem reports true: a rejected configuration needs an operator,
+// not a retry.
+func (e *RejectedError) ConfigProblem() bool { return true }
 
 // Defaults for the zero values of KafkaConfig.
 const (
@@ -69,8 +107,13 @@ type KafkaConfig struct {
 	// before its error reaches the ack. Defaults 10 and 250ms.
 	RetryMax     int
 	RetryBackoff time.Duration
-	// DialTimeout bounds connecting to one broker. Default 10s.
+	// DialTimeout bounds connecting to one broker, TLS handshake
+	// included. Default 10s.
 	DialTimeout time.Duration
+	// TLS encrypts the connections; the zero value is plaintext.
+	TLS KafkaTLS
+	// SASL authenticates the client; the zero value is none.
+	SASL KafkaSASL
 	// Logger receives the sink's few log lines. Default: discard.
 	Logger *slog.Logger
 }
@@ -119,7 +162,22 @@ func (c KafkaConfig) withDefaults() KafkaConfig {
 	return c
 }
 
-// Validate reports the first problem with c, after defaults.
+// LogValue logs the settings that identify the connection, never the
+// password.
+func (c KafkaConfig) LogValue() slog.Value {
+	c = c.withDefaults()
+	return slog.GroupValue(
+		slog.String("brokers", strings.Join(c.Brokers, ",")),
+		slog.String("client_id", c.ClientID),
+		slog.String("version", c.Version),
+		slog.String("compression", c.Compression),
+		slog.Bool("tls", c.TLS.Enabled()),
+		slog.Any("sasl", c.SASL),
+	)
+}
+
+// Validate reports the first problem with c, after defaults. It reads the
+// TLS files, and its errors name the file at fault.
 func (c KafkaConfig) Validate() error {
 	_, err := c.withDefaults().sarama()
 	return err
@@ -171,6 +229,29 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 	sc.ClientID = c.ClientID
 	sc.Version = version
 	sc.Net.DialTimeout = c.DialTimeout
+	if c.SASL.Enabled() {
+		if err := c.SASL.validate(); err != nil {
+			return nil, err
+		}
+		if !version.IsAtLeast(sarama.V1_0_0_0) {
+			return nil, fmt.Errorf("kafka SASL needs version 1.0.0 or later, not %s", c.Version)
+		}
+		c.SASL.apply(sc)
+	}
+	if c.TLS.Enabled() || c.SASL.Enabled() {
+		// Our dialer does TLS itself and tells a rejected handshake or
+		// password from an unreachable broker (NewKafka's errors).
+		d := &kafkaDialer{net: net.Dialer{Timeout: c.DialTimeout, KeepAlive: sc.Net.KeepAlive}}
+		if c.TLS.Enabled() {
+			tc, err := c.TLS.config()
+			if err != nil {
+				return nil, err
+			}
+			d.tls = tc
+		}
+		sc.Net.Proxy.Enable = true
+		sc.Net.Proxy.Dialer = d
+	}
 	// Delivery guarantees (DESIGN.md §2): no loss, per-key order on retry.
 	sc.Producer.Idempotent = true
 	sc.Producer.RequiredAcks = sarama.WaitForAll
@@ -226,8 +307,17 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		return nil, err
 	}
 	brokers := strings.Join(cfg.Brokers, ",")
+	if cfg.TLS.InsecureSkipVerify {
+		cfg.Logger.Warn("Kafka TLS certificate verification is DISABLED (insecure skip verify): anyone on the network path can impersonate the brokers and read every event; give the brokers' CA file instead", "brokers", brokers)
+	}
+	if m, _ := cfg.SASL.mechanism(); m == SASLPlain && !cfg.TLS.Enabled() {
+		cfg.Logger.Warn("Kafka SASL PLAIN without TLS sends the password in clear text; enable TLS", "brokers", brokers, "user", cfg.SASL.User)
+	}
 	p, err := sarama.NewAsyncProducer(cfg.Brokers, sc)
 	if err != nil {
+		if rerr := rejected(cfg, sc, err); rerr != nil {
+			return nil, rerr
+		}
 		if errors.Is(err, sarama.ErrOutOfBrokers) {
 			return nil, fmt.Errorf("connecting to Kafka brokers %s: %w: %w", brokers, ErrUnreachable, err)
 		}
@@ -242,8 +332,70 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		ackDone:  make(chan struct{}),
 	}
 	go k.acks()
-	k.log.Info("connected to Kafka", "brokers", brokers, "client_id", cfg.ClientID, "version", cfg.Version, "max_in_flight", cfg.MaxInFlight)
+	k.log.Info("connected to Kafka", "brokers", brokers, "client_id", cfg.ClientID, "version", cfg.Version, "max_in_flight", cfg.MaxInFlight,
+		"compression", cfg.Compression, "tls", cfg.TLS.Enabled(), "sasl", cfg.SASL)
 	return k, nil
+}
+
+// rejected turns a producer start failure that retrying cannot fix (TLS
+// verification, SASL credentials or mechanism) into a *RejectedError, or
+// returns nil.
+func rejected(cfg KafkaConfig, sc *sarama.Config, err error) error {
+	var r *brokerRejection
+	if d, ok := sc.Net.Proxy.Dialer.(*kafkaDialer); ok {
+		r = d.rejection()
+	}
+	var scram *scramError
+	switch {
+	case r != nil:
+	case errors.Is(err, sarama.ErrSASLAuthenticationFailed), errors.As(err, &scram):
+		r = &brokerRejection{strings.Join(cfg.Brokers, ","), ErrAuth, err}
+	case errors.Is(err, sarama.ErrUnsupportedSASLMechanism), errors.Is(err, sarama.ErrIllegalSASLState):
+		mech, _ := cfg.SASL.mechanism()
+		return &RejectedError{Broker: strings.Join(cfg.Brokers, ","), Kind: ErrAuth, Err: err,
+			msg: fmt.Sprintf("Kafka broker %s does not accept SASL mechanism %s (%v): use a mechanism the broker enables", strings.Join(cfg.Brokers, ","), mech, err)}
+	default:
+		return nil
+	}
+	e := &RejectedError{Broker: r.broker, Kind: r.kind, Err: r.err}
+	if r.kind == ErrAuth {
+		mech, _ := cfg.SASL.mechanism()
+		e.msg = fmt.Sprintf("Kafka SASL authentication failed for user %q with mechanism %s at broker %s (%s): check the credentials",
+			cfg.SASL.User, mech, r.broker, authCause(r.err))
+		return e
+	}
+	e.msg = fmt.Sprintf("TLS with Kafka broker %s failed: %v: %s", r.broker, r.err, tlsHint(cfg.TLS, r.err))
+	return e
+}
+
+// authCause describes how the broker refused the credentials.
+func authCause(err error) string {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		return "the broker closed the connection in answer to the credentials"
+	}
+	return err.Error()
+}
+
+// tlsHint says what to check for a TLS failure.
+func tlsHint(t KafkaTLS, err error) string {
+	var (
+		hostname x509.HostnameError
+		header   tls.RecordHeaderError
+		op       *net.OpError
+	)
+	switch {
+	case errors.As(err, &hostname):
+		return "the broker's certificate is not for that name; check the broker address or set the TLS server name"
+	case errors.As(err, &header):
+		return "the broker does not speak TLS on that port; use its TLS listener or turn TLS off"
+	case errors.As(err, &op) && op.Op == "remote error":
+		if t.CertFile == "" {
+			return "the broker refused the connection; it may require a client certificate (TLS cert and key)"
+		}
+		return "the broker refused the client certificate " + t.CertFile + "; check that the broker trusts its CA"
+	default:
+		return "the broker's certificate does not verify against " + t.caDescription() + "; check the CA file and the TLS server name"
+	}
 }
 
 // Publish sends ev as one record: topic ev.Topic, key ev.AggregateID, value

@@ -103,10 +103,12 @@ func (a *acks) wait(t *testing.T, wantNil bool) {
 	}
 }
 
-// consume reads n records from topic, from the start.
-func consume(t *testing.T, c *kfake.Cluster, topic string, n int) []*kgo.Record {
+// consume reads n records from topic, from the start; opts add client
+// settings (TLS, SASL).
+func consume(t *testing.T, c *kfake.Cluster, topic string, n int, opts ...kgo.Opt) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	opts = append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		t.Fatalf("kgo client: %v", err)
 	}

@@ -15,23 +15,66 @@ func kafkaFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "kafka-brokers", Value: cli.NewStringSlice("localhost:9092"), EnvVars: env("KAFKA_BROKERS"),
 			Usage: "Kafka bootstrap brokers, comma separated"},
-		&cli.IntFlag{Name: "max-in-flight", Value: 10000, EnvVars: env("MAX_IN_FLIGHT"),
+		&cli.IntFlag{Name: "max-in-flight", Value: sink.DefaultMaxInFlight, EnvVars: env("MAX_IN_FLIGHT"),
 			Usage: "records published and not yet acknowledged before reading WAL pauses"},
-		&cli.StringFlag{Name: "kafka-client-id", Value: "outbox-relay", EnvVars: env("KAFKA_CLIENT_ID"), Usage: "Kafka client id"},
-		&cli.StringFlag{Name: "kafka-version", Value: "2.1.0", EnvVars: env("KAFKA_VERSION"), Usage: "Kafka protocol version to speak (>= 0.11 for the idempotent producer)"},
+		&cli.StringFlag{Name: "kafka-client-id", Value: sink.DefaultClientID, EnvVars: env("KAFKA_CLIENT_ID"), Usage: "Kafka client id"},
+		&cli.StringFlag{Name: "kafka-version", Value: sink.DefaultVersion, EnvVars: env("KAFKA_VERSION"), Usage: "Kafka protocol version to speak (>= 0.11 for the idempotent producer, >= 1.0 for SASL)"},
 		&cli.StringFlag{Name: "kafka-compression", Value: "none", EnvVars: env("KAFKA_COMPRESSION"), Usage: "none, gzip, snappy, lz4 or zstd"},
+		&cli.IntFlag{Name: "kafka-batch-messages", EnvVars: env("KAFKA_BATCH_MESSAGES"),
+			Usage: "send a batch once it holds this many records (0: no count limit)"},
+		&cli.IntFlag{Name: "kafka-batch-bytes", Value: sink.DefaultFlushBytes, EnvVars: env("KAFKA_BATCH_BYTES"),
+			Usage: "send a batch once it holds this many bytes"},
+		&cli.DurationFlag{Name: "kafka-linger", Value: sink.DefaultFlushFrequency, EnvVars: env("KAFKA_LINGER"),
+			Usage: "send a batch this long after its first record at the latest"},
+
+		&cli.BoolFlag{Name: "kafka-tls", EnvVars: env("KAFKA_TLS"),
+			Usage: "connect to the brokers with TLS (implied by any other --kafka-tls-* flag)"},
+		&cli.StringFlag{Name: "kafka-tls-ca", EnvVars: env("KAFKA_TLS_CA"), TakesFile: true,
+			Usage: "PEM file of the CA certificates that sign the brokers' certificates (default: the system pool)"},
+		&cli.StringFlag{Name: "kafka-tls-cert", EnvVars: env("KAFKA_TLS_CERT"), TakesFile: true,
+			Usage: "PEM client certificate, for brokers that require mutual TLS (with --kafka-tls-key)"},
+		&cli.StringFlag{Name: "kafka-tls-key", EnvVars: env("KAFKA_TLS_KEY"), TakesFile: true,
+			Usage: "PEM key of --kafka-tls-cert"},
+		&cli.StringFlag{Name: "kafka-tls-server-name", EnvVars: env("KAFKA_TLS_SERVER_NAME"),
+			Usage: "name to verify the brokers' certificates against (default: each broker's host)"},
+		&cli.BoolFlag{Name: "kafka-tls-insecure-skip-verify", EnvVars: env("KAFKA_TLS_INSECURE_SKIP_VERIFY"),
+			Usage: "accept any broker certificate (INSECURE: for tests only; warned about at every start)"},
+
+		&cli.StringFlag{Name: "kafka-sasl-mechanism", EnvVars: env("KAFKA_SASL_MECHANISM"),
+			Usage: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (PLAIN only with TLS)"},
+		&cli.StringFlag{Name: "kafka-sasl-user", EnvVars: env("KAFKA_SASL_USER"), Usage: "SASL user name"},
+		// No Value: --help shows none (kafka_flags_test.go checks that it
+		// shows no value from the environment or the command line either).
+		&cli.StringFlag{Name: "kafka-sasl-password", EnvVars: env("KAFKA_SASL_PASSWORD"),
+			Usage: "SASL password; prefer the environment variable to the command line, where ps shows it"},
 	}
 }
 
 // kafkaConfig turns the Kafka flags into a validated sink.KafkaConfig.
 func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
 	cfg := sink.KafkaConfig{
-		Brokers:     splitList(c.StringSlice("kafka-brokers")),
-		ClientID:    c.String("kafka-client-id"),
-		Version:     c.String("kafka-version"),
-		MaxInFlight: c.Int("max-in-flight"),
-		Compression: c.String("kafka-compression"),
-		Logger:      log,
+		Brokers:        splitList(c.StringSlice("kafka-brokers")),
+		ClientID:       c.String("kafka-client-id"),
+		Version:        c.String("kafka-version"),
+		MaxInFlight:    c.Int("max-in-flight"),
+		Compression:    c.String("kafka-compression"),
+		FlushMessages:  c.Int("kafka-batch-messages"),
+		FlushBytes:     c.Int("kafka-batch-bytes"),
+		FlushFrequency: c.Duration("kafka-linger"),
+		TLS: sink.KafkaTLS{
+			Enable:             c.Bool("kafka-tls"),
+			CAFile:             c.String("kafka-tls-ca"),
+			CertFile:           c.String("kafka-tls-cert"),
+			KeyFile:            c.String("kafka-tls-key"),
+			ServerName:         c.String("kafka-tls-server-name"),
+			InsecureSkipVerify: c.Bool("kafka-tls-insecure-skip-verify"),
+		},
+		SASL: sink.KafkaSASL{
+			Mechanism: c.String("kafka-sasl-mechanism"),
+			User:      c.String("kafka-sasl-user"),
+			Password:  c.String("kafka-sasl-password"),
+		},
+		Logger: log,
 	}
 	if err := cfg.Validate(); err != nil {
 		return sink.KafkaConfig{}, usageErr(err)
@@ -42,7 +85,8 @@ func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
 // kafkaPublisher connects a fresh producer for each session.
 func kafkaPublisher(cfg sink.KafkaConfig) relay.NewPublisher {
 	return func(context.Context) (relay.Publisher, error) {
-		// NewKafka's errors name the brokers already.
+		// NewKafka's errors name the brokers already; a rejected password
+		// or certificate is a *sink.RejectedError (ConfigProblem).
 		return sink.NewKafka(cfg)
 	}
 }
