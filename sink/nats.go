@@ -1,0 +1,329 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/outbox-relay/outbox-relay/decoder"
+)
+
+// Defaults for the zero values of NATSConfig.
+const (
+	DefaultNATSSubject         = "outbox.{aggregate_type}.{aggregate_id}"
+	DefaultNATSStream          = "OUTBOX"
+	DefaultNATSAckTimeout      = 5 * time.Second
+	DefaultNATSDuplicateWindow = 2 * time.Minute
+)
+
+// NATSConfig configures a NATS JetStream sink. Zero values take the
+// defaults above.
+type NATSConfig struct {
+	// URL is the NATS server URL (or comma-separated URLs). It may carry
+	// credentials; they are never logged.
+	URL string
+	// Subject is the subject template. Default
+	// "outbox.{aggregate_type}.{aggregate_id}". Whitespace, '*' and '>'
+	// in field values become '_' (they are not allowed in a subject).
+	Subject string
+	// CreateStream creates Stream at start-up if it does not exist, as a
+	// file-backed stream over the subject template's prefix plus ">"
+	// (e.g. "outbox.>") with DuplicateWindow.
+	CreateStream bool
+	// Stream names the stream to create. Default "OUTBOX".
+	Stream string
+	// DuplicateWindow is the created stream's duplicate window: a
+	// redelivered event (same Nats-Msg-Id) within it is dropped.
+	DuplicateWindow time.Duration
+	// MaxInFlight caps the events published and not yet acknowledged;
+	// Publish blocks at the cap. Default 10000.
+	MaxInFlight int
+	// AckTimeout bounds the wait for one publish ack. Default 5s.
+	AckTimeout time.Duration
+	// Retry is how long and how often a failed publish is retried.
+	Retry Retry
+	// Logger receives the sink's few log lines. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c NATSConfig) withDefaults() NATSConfig {
+	if c.Subject == "" {
+		c.Subject = DefaultNATSSubject
+	}
+	if c.Stream == "" {
+		c.Stream = DefaultNATSStream
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = DefaultNATSDuplicateWindow
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = DefaultNATSAckTimeout
+	}
+	c.Retry = c.Retry.withDefaults()
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports the first problem with c, after defaults.
+func (c NATSConfig) Validate() error {
+	_, _, err := c.withDefaults().parse()
+	return err
+}
+
+func (c NATSConfig) parse() (Template, string, error) {
+	if strings.TrimSpace(c.URL) == "" {
+		return Template{}, "", errors.New("no NATS server URL configured")
+	}
+	subj, err := ParseTemplate(c.Subject)
+	if err != nil {
+		return Template{}, "", fmt.Errorf("nats subject: %w", err)
+	}
+	switch {
+	case c.MaxInFlight < 1:
+		return Template{}, "", fmt.Errorf("nats max in-flight %d is below 1", c.MaxInFlight)
+	case c.AckTimeout < 0 || c.Retry.Timeout < 0 || c.DuplicateWindow < 0:
+		return Template{}, "", errors.New("nats timeouts and duplicate window must not be negative")
+	}
+	var filter string
+	if c.CreateStream {
+		if subj.Constant() {
+			filter = subj.String()
+		} else {
+			p := subj.Prefix()
+			if p == "" || !strings.HasSuffix(p, ".") {
+				return Template{}, "", fmt.Errorf("nats subject %q: to create the stream the template must start with literal tokens like \"outbox.\"", c.Subject)
+			}
+			filter = p + ">"
+		}
+	}
+	return subj, filter, nil
+}
+
+// NATS publishes events to a NATS JetStream stream with asynchronous
+// publishes and waits for each publish ack (the stream stored the message).
+//
+// Each message has the header Nats-Msg-Id = event id, so the stream's
+// duplicate window drops a redelivery (after a relay crash or a retry):
+// exactly once into the stream within that window. Headers id,
+// event_type and aggregate_type come first, then the event's headers.
+//
+// Order: at most one publish per aggregate id is in flight; the next event
+// of an aggregate is sent only after the previous one was acknowledged.
+// Failed publishes are retried (same Nats-Msg-Id) within Retry, so a
+// retried event cannot overtake or be overtaken by its aggregate's other
+// events. Events of different aggregates are pipelined. Once an event's
+// error survives the retries, it and every later event fail (nothing is
+// published past it); the relay resumes from the slot.
+//
+// Goroutines: the caller's (Publish) and one ack goroutine, which waits for
+// the acks in publish order, retries (sleeping its backoff, which delays
+// other acks) and sends each aggregate's next event.
+type NATS struct {
+	cfg  NATSConfig
+	subj Template
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	log  *slog.Logger
+
+	gate    *gate[*natsItem]
+	futures chan *natsItem // in-flight publishes, in send order
+	failed  sticky
+	ackDone chan struct{}
+	once    sync.Once
+}
+
+type natsItem struct {
+	key     string
+	subject string
+	header  nats.Header
+	data    []byte
+	ack     func(error)
+
+	fut      jetstream.PubAckFuture
+	err      error // set when the publish could not even be sent
+	first    time.Time
+	attempts int
+}
+
+// NewNATS connects, checks (or creates) the stream and starts the ack
+// goroutine.
+func NewNATS(ctx context.Context, cfg NATSConfig) (*NATS, error) {
+	cfg = cfg.withDefaults()
+	subj, filter, err := cfg.parse()
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(cfg.URL,
+		nats.Name("outbox-relay"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", RedactURL(cfg.URL), err)
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(cfg.MaxInFlight+1),
+		jetstream.WithPublishAsyncTimeout(cfg.AckTimeout),
+	)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("starting JetStream client: %w", err)
+	}
+	if cfg.CreateStream {
+		if err := ensureStream(ctx, js, cfg.Stream, filter, cfg.DuplicateWindow); err != nil {
+			nc.Close()
+			return nil, err
+		}
+	}
+	n := &NATS{
+		cfg:     cfg,
+		subj:    subj,
+		nc:      nc,
+		js:      js,
+		log:     cfg.Logger,
+		gate:    newGate[*natsItem](cfg.MaxInFlight),
+		futures: make(chan *natsItem, cfg.MaxInFlight),
+		ackDone: make(chan struct{}),
+	}
+	go n.acks()
+	n.log.Info("connected to NATS", "url", RedactURL(cfg.URL), "subject", cfg.Subject, "max_in_flight", cfg.MaxInFlight)
+	return n, nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, name, subject string, dupWindow time.Duration) error {
+	_, err := js.Stream(ctx, name)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("looking up NATS stream %s: %w", name, err)
+	}
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:       name,
+		Subjects:   []string{subject},
+		Storage:    jetstream.FileStorage,
+		Duplicates: dupWindow,
+	})
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return fmt.Errorf("creating NATS stream %s for subjects %s: %w", name, subject, err)
+	}
+	return nil
+}
+
+// natsSubjectValue replaces what a subject token may not contain.
+var natsSubjectValue = strings.NewReplacer(" ", "_", "\t", "_", "\r", "_", "\n", "_", "*", "_", ">", "_").Replace
+
+// Publish sends ev to the subject rendered from the template, or queues it
+// behind its aggregate's in-flight event. It blocks at MaxInFlight and
+// returns ctx.Err() or a closed error without calling ack. Otherwise ack is
+// called exactly once from the ack goroutine. Publish copies what it needs.
+func (n *NATS) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
+	if err := n.gate.acquire(ctx); err != nil {
+		return prefixClosed("nats", err)
+	}
+	h := make(nats.Header, 4+len(ev.Headers))
+	for _, eh := range ev.Headers {
+		h[eh.Key] = []string{string(eh.Value)}
+	}
+	h["id"] = []string{ev.ID}
+	h["event_type"] = []string{ev.EventType}
+	h["aggregate_type"] = []string{ev.AggregateType}
+	h[jetstream.MsgIDHeader] = []string{ev.ID}
+	it := &natsItem{
+		key:     ev.AggregateID,
+		subject: n.subj.render(ev, natsSubjectValue),
+		header:  h,
+		data:    append([]byte(nil), ev.Payload...),
+		ack:     ack,
+	}
+	send, err := n.gate.admit(it.key, it)
+	if err != nil {
+		return prefixClosed("nats", err)
+	}
+	if send {
+		n.send(it)
+	}
+	return nil
+}
+
+// send starts one attempt; the result reaches the ack goroutine.
+func (n *NATS) send(it *natsItem) {
+	if it.first.IsZero() {
+		it.first = time.Now()
+	}
+	it.attempts++
+	it.fut, it.err = nil, n.failed.get()
+	if it.err == nil {
+		msg := &nats.Msg{Subject: it.subject, Header: it.header, Data: it.data}
+		it.fut, it.err = n.js.PublishMsgAsync(msg)
+	}
+	// Never blocks: futures has room for every in-flight event.
+	n.futures <- it
+}
+
+// InFlight returns how many published events have not had their ack
+// called yet.
+func (n *NATS) InFlight() int { return n.gate.inFlight() }
+
+// Close stops accepting events, waits until every published event's ack was
+// called (in-flight publishes finish or exhaust their retries), then closes
+// the connection. Calling it again returns the same result.
+func (n *NATS) Close() error {
+	n.once.Do(func() {
+		n.gate.close()
+		n.gate.wait()
+		close(n.futures)
+		<-n.ackDone
+		n.nc.Close()
+		n.log.Info("NATS connection closed")
+	})
+	return nil
+}
+
+// acks is the ack goroutine.
+func (n *NATS) acks() {
+	defer close(n.ackDone)
+	for it := range n.futures {
+		err := it.err
+		if err == nil {
+			select {
+			case <-it.fut.Ok():
+			case err = <-it.fut.Err():
+			}
+		}
+		if err != nil && n.failed.get() == nil && time.Since(it.first) < n.cfg.Retry.Timeout {
+			n.log.Warn("NATS publish failed; retrying", "event_id", it.header.Get("id"), "subject", it.subject, "attempt", it.attempts, "error", err)
+			sleepCtx(nil, n.cfg.Retry.backoff(it.attempts))
+			n.send(it)
+			continue
+		}
+		if err != nil {
+			err = fmt.Errorf("publishing to NATS subject %s after %d attempts: %w", it.subject, it.attempts, err)
+			n.failed.set(err)
+		}
+		it.ack(err)
+		if next, ok := n.gate.done(it.key); ok {
+			n.send(next)
+		}
+	}
+}
+
+// prefixClosed names the sink in a closed error and passes others through.
+func prefixClosed(sink string, err error) error {
+	if errors.Is(err, errSinkClosed) {
+		return fmt.Errorf("%s: %w", sink, err)
+	}
+	return err
+}

@@ -1,0 +1,105 @@
+package sink
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+func rabbitURL() string {
+	if u := os.Getenv("OUTBOX_RELAY_RABBITMQ_URL"); u != "" {
+		return u
+	}
+	return "amqp://guest:guest@127.0.0.1:5672/"
+}
+
+// Confirmed events reach a bound queue in order, persistent, with
+// message_id and headers; an unroutable event fails its ack.
+func TestRabbitMQConfirmsInOrderAndReturnsUnroutable(t *testing.T) {
+	ctx := t.Context()
+	name := uniqueName("sinktest")
+	conn, err := amqp.Dial(rabbitURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(name, false, true, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRabbitMQ(ctx, RabbitMQConfig{
+		URL: rabbitURL(), Exchange: name, DeclareExchange: "topic", RoutingKey: "{topic}",
+		Mandatory: true, MaxInFlight: 64,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ch.ExchangeDelete(name, false, false) })
+	if err := ch.QueueBind(name, "outbox.order", name, false, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	const aggs, per = 8, 100
+	a := newAckLog(aggs * per)
+	for i := 1; i <= per; i++ {
+		for agg := range aggs {
+			ev := testEvent(agg, i)
+			if err := r.Publish(ctx, ev, a.ack(ev.ID)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for id, err := range a.wait(t, 30*time.Second) {
+		if err != nil {
+			t.Fatalf("ack %s: %v", id, err)
+		}
+	}
+	deliveries, err := ch.Consume(name, "", true, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [][2]string
+	for len(got) < aggs*per {
+		select {
+		case d := <-deliveries:
+			if d.MessageId == "" || d.Headers["id"] != d.MessageId || d.DeliveryMode != amqp.Persistent || d.Headers["source"] != "test" {
+				t.Fatalf("delivery %s: headers %v mode %d", d.MessageId, d.Headers, d.DeliveryMode)
+			}
+			got = append(got, [2]string{d.MessageId[19:23], strconv.Itoa(seqOf(t, d.Body))})
+		case <-time.After(10 * time.Second):
+			t.Fatalf("got %d of %d deliveries", len(got), aggs*per)
+		}
+	}
+	for i := range got {
+		n, _ := strconv.Atoi(got[i][0])
+		got[i][0] = "agg-" + strconv.Itoa(n)
+	}
+	checkOrder(t, got, aggs, per)
+
+	// Nothing is bound for customer events: returned, so the ack fails.
+	a = newAckLog(2)
+	ev := testEvent(0, per+1)
+	ev.Topic = "outbox.customer"
+	later := testEvent(0, per+2)
+	if err := r.Publish(ctx, ev, a.ack(ev.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Publish(ctx, later, a.ack(later.ID)); err != nil {
+		t.Fatal(err)
+	}
+	res := a.wait(t, 10*time.Second)
+	if !errors.Is(res[ev.ID], ErrUnroutable) {
+		t.Fatalf("unroutable event ack: %v, want ErrUnroutable", res[ev.ID])
+	}
+	if res[later.ID] == nil {
+		t.Fatal("event after a returned one was acknowledged")
+	}
+	r.Close()
+}

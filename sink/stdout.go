@@ -1,0 +1,142 @@
+package sink
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/outbox-relay/outbox-relay/decoder"
+)
+
+// StdoutConfig configures a Stdout sink.
+type StdoutConfig struct {
+	// Writer receives the JSON lines; cmd passes os.Stdout.
+	Writer io.Writer
+	// MaxInFlight caps the lines written and not yet flushed; Publish
+	// blocks at the cap. Default 10000.
+	MaxInFlight int
+}
+
+// Stdout writes each event as one JSON line (the EventJSON shape) for
+// debugging and piping. Lines are written by one goroutine in publish
+// order, so every aggregate's order is kept. An event is acknowledged once
+// its line was written and the buffer flushed to the Writer; a write error
+// fails that event and every later one.
+type Stdout struct {
+	w     *bufio.Writer
+	lines chan stdoutLine
+	slots chan struct{}
+
+	mu      sync.RWMutex // guards closed against the send to lines
+	closed  bool
+	closing chan struct{}
+	done    chan struct{}
+	once    sync.Once
+}
+
+type stdoutLine struct {
+	b   []byte
+	ack func(error)
+}
+
+// NewStdout starts the writer goroutine.
+func NewStdout(cfg StdoutConfig) (*Stdout, error) {
+	if cfg.Writer == nil {
+		return nil, fmt.Errorf("stdout sink: no writer")
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxInFlight < 1 {
+		return nil, fmt.Errorf("stdout sink: max in-flight %d is below 1", cfg.MaxInFlight)
+	}
+	s := &Stdout{
+		w:       bufio.NewWriterSize(cfg.Writer, 64<<10),
+		lines:   make(chan stdoutLine, cfg.MaxInFlight),
+		slots:   make(chan struct{}, cfg.MaxInFlight),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go s.run()
+	return s, nil
+}
+
+// Publish encodes ev as a JSON line and queues it for the writer. It blocks
+// at the in-flight cap; ack is called from the writer goroutine after the
+// line was flushed, or with the write error.
+func (s *Stdout) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b, err := appendEventJSON(make([]byte, 0, 256+len(ev.Payload)), ev)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closing:
+		return fmt.Errorf("stdout: %w", errSinkClosed)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		<-s.slots
+		return fmt.Errorf("stdout: %w", errSinkClosed)
+	}
+	// Never blocks: lines has room for every slot.
+	s.lines <- stdoutLine{b: b, ack: ack}
+	return nil
+}
+
+// Close stops accepting events, writes and flushes every queued line, and
+// returns once each ack was called.
+func (s *Stdout) Close() error {
+	s.once.Do(func() {
+		close(s.closing)
+		s.mu.Lock()
+		s.closed = true
+		close(s.lines)
+		s.mu.Unlock()
+		<-s.done
+	})
+	return nil
+}
+
+// run writes lines in order; it flushes when no more lines are queued (or
+// the batch is large) and then acknowledges the batch.
+func (s *Stdout) run() {
+	defer close(s.done)
+	var batch []func(error)
+	var failed error
+	finish := func() {
+		err := failed
+		if err == nil {
+			if err = s.w.Flush(); err != nil {
+				err = fmt.Errorf("writing to stdout: %w", err)
+				failed = err
+			}
+		}
+		for _, ack := range batch {
+			ack(err)
+			<-s.slots
+		}
+		batch = batch[:0]
+	}
+	for l := range s.lines {
+		if failed == nil {
+			if _, err := s.w.Write(l.b); err != nil {
+				failed = fmt.Errorf("writing to stdout: %w", err)
+			}
+		}
+		batch = append(batch, l.ack)
+		if len(s.lines) == 0 || len(batch) >= 1024 {
+			finish()
+		}
+	}
+	finish()
+}
