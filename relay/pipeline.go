@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/checkpoint"
@@ -24,6 +25,13 @@ type pipeline struct {
 	dec     *decoder.Decoder
 	pub     Publisher
 	tracker *checkpoint.Tracker
+	obs     Observer
+	commits *commitLog
+
+	// progress, if set, is logged every progressEvery with the event rate.
+	progress      func() Progress
+	progressEvery time.Duration
+	published     uint64 // events handed to the publisher, for the rate
 
 	inTxn        bool
 	readerFailed bool
@@ -41,8 +49,18 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan replication.Message, rea
 
 	stopping := ctx.Done()
 	var hardStop <-chan time.Time
+	var progressTick <-chan time.Time
+	if p.progress != nil && p.progressEvery > 0 {
+		ticker := time.NewTicker(p.progressEvery)
+		defer ticker.Stop()
+		progressTick = ticker.C
+	}
+	lastTick, lastPublished := time.Now(), p.published
 	for {
 		select {
+		case now := <-progressTick:
+			p.logProgress(now.Sub(lastTick), p.published-lastPublished)
+			lastTick, lastPublished = now, p.published
 		case <-stopping:
 			if !p.inTxn {
 				return nil
@@ -91,26 +109,49 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message, fail func(
 	switch op.Kind {
 	case decoder.KindBegin:
 		p.tracker.Begin()
+		p.commits.add(op.CommitLSN, op.CommitTime)
 		p.inTxn = true
 	case decoder.KindEvent:
 		tok := p.tracker.Add()
-		tracker := p.tracker
+		tracker, obs := p.tracker, p.obs
 		ev := op.Event
 		err := p.pub.Publish(ctx, &ev, func(err error) {
 			if err != nil {
+				obs.PublishFailed(ReasonRejected)
 				// Never skip past a failed record: end the session, and the
 				// next one resumes from the slot.
 				fail(fmt.Errorf("publishing event %s to %s: %w", ev.ID, ev.Topic, err))
 				return
 			}
 			tracker.Ack(tok)
+			obs.EventAcked(&ev)
 		})
 		if err != nil {
+			if ctx.Err() == nil {
+				obs.PublishFailed(ReasonPublish)
+			}
 			return fmt.Errorf("publishing event %s: %w", ev.ID, err)
 		}
+		p.published++
 	case decoder.KindCommit:
 		p.tracker.Commit(op.EndLSN)
+		p.obs.TransactionDecoded()
 		p.inTxn = false
 	}
 	return nil
+}
+
+// logProgress logs the periodic progress line: n events published over d.
+func (p *pipeline) logProgress(d time.Duration, n uint64) {
+	pr := p.progress()
+	var rate float64
+	if d > 0 {
+		rate = float64(n) / d.Seconds()
+	}
+	p.log.Info("progress", "slot", p.slot,
+		"events_per_second", math.Round(rate*10)/10,
+		"in_flight", pr.InFlight,
+		"confirmed", pr.Confirmed,
+		"lag_bytes", pr.LagBytes(),
+		"lag", pr.Lag.Round(time.Millisecond))
 }

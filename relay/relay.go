@@ -60,6 +60,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Observer, if set, is told about progress for metrics and health.
 	Observer Observer
+	// ProgressInterval is how often a progress line (events/s, lag) is
+	// logged at info level while streaming. Default 30s.
+	ProgressInterval time.Duration
 }
 
 // Validate reports a config the relay cannot run with.
@@ -70,8 +73,8 @@ func (c Config) Validate() error {
 	if err := c.Decoder.Validate(); err != nil {
 		return err
 	}
-	if c.ReconnectMin < 0 || c.ReconnectMax < 0 || c.ShutdownTimeout < 0 {
-		return errors.New("reconnect backoff and shutdown timeout must not be negative")
+	if c.ReconnectMin < 0 || c.ReconnectMax < 0 || c.ShutdownTimeout < 0 || c.ProgressInterval < 0 {
+		return errors.New("reconnect backoff, shutdown timeout and progress interval must not be negative")
 	}
 	if c.ReconnectMin > 0 && c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax {
 		return fmt.Errorf("minimum reconnect backoff %s is above the maximum %s", c.ReconnectMin, c.ReconnectMax)
@@ -94,11 +97,15 @@ func (c Config) replicationConfig() replication.Config {
 type Relay struct {
 	cfg     Config
 	log     *slog.Logger
+	obs     Observer
 	publish NewPublisher
 
 	// progressed is set once this process has seen the slot, so a slot
 	// that disappears later is an error, never silently recreated.
 	progressed bool
+	// standby is set while another process holds the slot, so the retries
+	// log quietly.
+	standby bool
 }
 
 // New checks cfg and returns a relay ready to Run.
@@ -115,10 +122,17 @@ func New(cfg Config, publish NewPublisher) (*Relay, error) {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 30 * time.Second
 	}
+	if cfg.ProgressInterval == 0 {
+		cfg.ProgressInterval = 30 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Relay{cfg: cfg, log: cfg.Logger, publish: publish}, nil
+	obs := cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	return &Relay{cfg: cfg, log: cfg.Logger, obs: obs, publish: publish}, nil
 }
 
 // fatalError ends Run: retrying cannot help.
@@ -129,11 +143,42 @@ func (e fatalError) Unwrap() error { return e.err }
 
 func fatal(err error) error { return fatalError{err} }
 
+// causeError says which part ended a session: one of the Cause constants,
+// or causeStandby.
+type causeError struct {
+	cause string
+	err   error
+}
+
+func (e causeError) Error() string { return e.err.Error() }
+func (e causeError) Unwrap() error { return e.err }
+
+// causeStandby marks a session that found the slot held by another process.
+const causeStandby = "standby"
+
+func withCause(cause string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return causeError{cause: cause, err: err}
+}
+
+// causeOf returns the cause err was marked with, CausePostgres by default.
+func causeOf(err error) string {
+	var ce causeError
+	if errors.As(err, &ce) {
+		return ce.cause
+	}
+	return CausePostgres
+}
+
 // Run streams until ctx ends (then it drains, confirms and returns nil) or
 // a fatal error: a configuration problem, a lost slot, a row that cannot
 // be decoded. Anything else (connection loss, broker errors) ends the
 // session, and a new one resumes from the slot after a backoff.
 func (r *Relay) Run(ctx context.Context) error {
+	defer r.obs.StateChanged(StateStopped, "", nil)
+	r.obs.StateChanged(StateConnecting, "", nil)
 	backoff := r.cfg.ReconnectMin
 	for {
 		started := time.Now()
@@ -157,7 +202,18 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		// Full jitter keeps a fleet of relays from reconnecting in step.
 		wait := backoff/2 + rand.N(backoff/2+1)
-		r.log.Warn("session ended; reconnecting", "slot", r.cfg.Slot.Slot, "err", err, "backoff", wait.Round(time.Millisecond))
+		switch cause := causeOf(err); {
+		case cause == causeStandby && r.standby:
+			r.log.Debug("standby: slot still in use by another process", "slot", r.cfg.Slot.Slot, "retry_in", wait.Round(time.Millisecond))
+		case cause == causeStandby:
+			r.standby = true
+			r.obs.StateChanged(StateStandby, "", err)
+			r.log.Info("standby: slot is in use by another process; waiting for it to be released", "slot", r.cfg.Slot.Slot, "retry_in", wait.Round(time.Millisecond))
+		default:
+			r.standby = false
+			r.obs.StateChanged(StateReconnecting, cause, err)
+			r.log.Warn("session ended; reconnecting", "slot", r.cfg.Slot.Slot, "cause", cause, "err", err, "backoff", wait.Round(time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -171,12 +227,12 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) session(ctx context.Context) error {
 	start, err := r.prepare(ctx)
 	if err != nil {
-		return err
+		return withCause(CausePostgres, err)
 	}
 
 	pub, err := r.publish(ctx)
 	if err != nil {
-		return fmt.Errorf("connecting the publisher: %w", err)
+		return withCause(CauseSink, fmt.Errorf("connecting the publisher: %w", err))
 	}
 	// From here on the publisher is closed (drained) before the final
 	// status update, on every path.
@@ -184,19 +240,25 @@ func (r *Relay) session(ctx context.Context) error {
 	stream, err := replication.Connect(ctx, r.cfg.replicationConfig())
 	if err != nil {
 		pub.Close()
-		return classifyConnect(err)
+		return withCause(CausePostgres, classifyConnect(err))
 	}
 	defer stream.Close()
+	level := slog.LevelInfo
+	if r.standby {
+		level = slog.LevelDebug // retrying as standby: said once already
+	}
+	r.log.Log(ctx, level, "connected", "slot", r.cfg.Slot.Slot, "pid", stream.PID(), "server_wal_end", stream.ServerWALEnd())
 	if err := stream.Start(ctx, start); err != nil {
 		pub.Close()
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
 			// object_in_use: another relay holds the slot.
-			return fmt.Errorf("slot %s is in use by another process (standby: waiting for it to be released): %w", r.cfg.Slot.Slot, err)
+			return withCause(causeStandby, fmt.Errorf("slot %s is in use by another process (standby: waiting for it to be released): %w", r.cfg.Slot.Slot, err))
 		}
-		return err
+		return withCause(CausePostgres, err)
 	}
 	r.progressed = true
+	r.standby = false
 	r.log.Info("streaming", "slot", r.cfg.Slot.Slot, "lsn", start, "pid", stream.PID())
 
 	dec, err := decoder.New(r.cfg.Decoder)
@@ -204,13 +266,30 @@ func (r *Relay) session(ctx context.Context) error {
 		pub.Close()
 		return fatal(err)
 	}
-	p := &pipeline{
-		log:     r.log,
-		slot:    r.cfg.Slot.Slot,
-		dec:     dec,
-		pub:     pub,
-		tracker: checkpoint.New(start),
+	tracker := checkpoint.New(start)
+	commits := &commitLog{}
+	progress := func() Progress {
+		return Progress{
+			Confirmed:    stream.Confirmed(),
+			Received:     stream.Received(),
+			ServerWALEnd: stream.ServerWALEnd(),
+			InFlight:     tracker.InFlight(),
+			Lag:          commits.lag(tracker.Safe(), time.Now()),
+		}
 	}
+	p := &pipeline{
+		log:           r.log,
+		slot:          r.cfg.Slot.Slot,
+		dec:           dec,
+		pub:           pub,
+		tracker:       tracker,
+		obs:           r.obs,
+		commits:       commits,
+		progress:      progress,
+		progressEvery: r.cfg.ProgressInterval,
+	}
+	r.obs.Session(progress)
+	r.obs.StateChanged(StateStreaming, "", nil)
 	msgs := make(chan replication.Message, 256)
 	// The reader outlives ctx: it keeps confirming while the publisher
 	// drains, and sends the final status update when told to stop.
@@ -220,6 +299,11 @@ func (r *Relay) session(ctx context.Context) error {
 	go func() { readerDone <- stream.Run(readerCtx, msgs, p.tracker.Safe) }()
 
 	runErr := p.run(ctx, msgs, readerDone, r.cfg.ShutdownTimeout)
+	if p.readerFailed {
+		runErr = withCause(CauseReplication, runErr)
+	} else {
+		runErr = withCause(CauseSink, runErr)
+	}
 
 	// Phase two: drain the publisher, then confirm what is safe.
 	drained := make(chan error, 1)
@@ -233,10 +317,15 @@ func (r *Relay) session(ctx context.Context) error {
 		r.log.Warn("publisher did not drain in time; confirming only what was acknowledged", "timeout", r.cfg.ShutdownTimeout, "in_flight", p.tracker.InFlight())
 	}
 	stopReader()
-	readerErr := <-readerDone
-	if !p.readerFailed && readerErr != nil {
+	var readerErr error
+	if !p.readerFailed {
+		// When the reader failed, the pipeline already received its error:
+		// waiting for another would block forever.
+		readerErr = <-readerDone
+	}
+	if readerErr != nil {
 		if runErr == nil {
-			runErr = readerErr
+			runErr = withCause(CauseReplication, readerErr)
 		} else {
 			r.log.Warn("replication stream", "slot", r.cfg.Slot.Slot, "err", readerErr)
 		}

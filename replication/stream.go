@@ -101,6 +101,11 @@ type Stream struct {
 
 	// lastSent is written by the Run goroutine and read by metrics.
 	lastSent atomic.Uint64
+	// received and walEnd are written by the Run goroutine and read by
+	// metrics: the end of the newest XLogData, and the newest WAL end the
+	// server reported.
+	received atomic.Uint64
+	walEnd   atomic.Uint64
 }
 
 // Connect opens the replication connection and identifies the system.
@@ -132,11 +137,26 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("identifying system: %w", err)
 	}
-	return &Stream{cfg: cfg, conn: conn, system: sys, log: cfg.Logger}, nil
+	st := &Stream{cfg: cfg, conn: conn, system: sys, log: cfg.Logger}
+	st.walEnd.Store(uint64(sys.XLogPos))
+	return st, nil
 }
 
-// ServerWALEnd is the server's WAL position when the connection was made.
-func (s *Stream) ServerWALEnd() pglogrepl.LSN { return s.system.XLogPos }
+// ServerWALEnd is the newest WAL end the server reported (in XLogData or a
+// keepalive), or its WAL position when the connection was made. Safe to
+// call from any goroutine.
+func (s *Stream) ServerWALEnd() pglogrepl.LSN { return pglogrepl.LSN(s.walEnd.Load()) }
+
+// Received is the end of the newest WAL data received, or the start
+// position before any arrived. Safe to call from any goroutine.
+func (s *Stream) Received() pglogrepl.LSN { return pglogrepl.LSN(s.received.Load()) }
+
+// raise stores lsn in v if it is further; only the Run goroutine writes.
+func raise(v *atomic.Uint64, lsn pglogrepl.LSN) {
+	if uint64(lsn) > v.Load() {
+		v.Store(uint64(lsn))
+	}
+}
 
 // PID is the walsender's process id, as pg_stat_replication shows it.
 func (s *Stream) PID() uint32 { return s.conn.PID() }
@@ -155,6 +175,7 @@ func (s *Stream) Start(ctx context.Context, start pglogrepl.LSN) error {
 		return fmt.Errorf("starting replication on slot %s at %s: %w", s.cfg.Slot, start, err)
 	}
 	s.lastSent.Store(uint64(start))
+	s.received.Store(uint64(start))
 	return nil
 }
 
@@ -216,6 +237,7 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message, safe func() pglogr
 				if err != nil {
 					return fmt.Errorf("parsing keepalive on slot %s: %w", s.cfg.Slot, err)
 				}
+				raise(&s.walEnd, ka.ServerWALEnd)
 				// Offer the keepalive to the pipeline first: if nothing is in
 				// flight it may move the safe position to the WAL end.
 				select {
@@ -233,6 +255,8 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message, safe func() pglogr
 				if err != nil {
 					return fmt.Errorf("parsing XLogData on slot %s: %w", s.cfg.Slot, err)
 				}
+				raise(&s.received, xld.WALStart+pglogrepl.LSN(len(xld.WALData)))
+				raise(&s.walEnd, xld.ServerWALEnd)
 				// The receive buffer is reused by the next read: copy.
 				m := Message{
 					WALStart:     xld.WALStart,

@@ -62,6 +62,7 @@ func newApp() *cli.App {
 			slotCommand(),
 			demoCommand(),
 			configCommand(),
+			statusCommand(),
 		},
 	}
 }
