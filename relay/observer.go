@@ -31,6 +31,11 @@ type Observer interface {
 	// PublishFailed is called once per event that could not be published;
 	// reason is one of the Reason constants.
 	PublishFailed(reason string)
+	// HeartbeatSent is called after each heartbeat message.
+	HeartbeatSent()
+	// EventDeadLettered is called when a rejected event was delivered to
+	// the dead-letter topic.
+	EventDeadLettered()
 }
 
 // State is where the relay's session lifecycle stands.
@@ -116,6 +121,8 @@ func (nopObserver) Session(func() Progress)           {}
 func (nopObserver) TransactionDecoded()               {}
 func (nopObserver) EventAcked(*decoder.Event)         {}
 func (nopObserver) PublishFailed(string)              {}
+func (nopObserver) HeartbeatSent()                    {}
+func (nopObserver) EventDeadLettered()                {}
 
 // maxCommits bounds the commit log: beyond it, new transactions are merged
 // into the newest entry, which keeps its older commit time, so the lag is

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/checkpoint"
@@ -35,17 +36,41 @@ type pipeline struct {
 
 	inTxn        bool
 	readerFailed bool
+
+	// deadLetter, if set, takes events the broker rejected for good.
+	deadLetter func(ev *decoder.Event, err error, tok checkpoint.Token)
+
+	pubCtx         context.Context
+	failPublishing context.CancelCauseFunc
+	// publishedTotal counts events handed to the publisher; the heartbeat
+	// reads it to tell an idle relay from a busy one.
+	publishedTotal atomic.Uint64
+	lastSeen       atomic.Uint64
+}
+
+// newPubCtx creates the context publishing runs under. It outlives the
+// session's ctx: publishing the rest of the open transaction is part of a
+// graceful stop. It ends on a failed ack (fail) or the hard timeout.
+func (p *pipeline) newPubCtx() {
+	p.pubCtx, p.failPublishing = context.WithCancelCause(context.Background())
+}
+
+// fail ends the session with err; safe from any goroutine.
+func (p *pipeline) fail(err error) { p.failPublishing(err) }
+
+// idleSince reports whether no event was published since the last call.
+func (p *pipeline) idleSince() bool {
+	n := p.publishedTotal.Load()
+	return p.lastSeen.Swap(n) == n
 }
 
 // run consumes msgs until ctx ends (at a transaction boundary, so a
 // graceful stop leaves nothing half-published), the reader fails, or a
 // publish fails for good. The caller drains the publisher afterwards.
 func (p *pipeline) run(ctx context.Context, msgs <-chan replication.Message, readerDone <-chan error, shutdownTimeout time.Duration) error {
-	// pubCtx outlives ctx: publishing the rest of the open transaction is
-	// part of a graceful stop. It ends on a failed ack or the hard timeout.
-	pubCtx, failPublishing := context.WithCancelCause(context.Background())
+	pubCtx, failPublishing := p.pubCtx, p.failPublishing
 	defer failPublishing(nil)
-	fail := func(err error) { failPublishing(err) }
+	fail := p.fail
 
 	stopping := ctx.Done()
 	var hardStop <-chan time.Time
@@ -113,9 +138,15 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message, fail func(
 		p.inTxn = true
 	case decoder.KindEvent:
 		tok := p.tracker.Add()
-		tracker, obs := p.tracker, p.obs
+		tracker, obs, deadLetter := p.tracker, p.obs, p.deadLetter
 		ev := op.Event
 		err := p.pub.Publish(ctx, &ev, func(err error) {
+			var rr interface{ RecordRejected() bool }
+			if err != nil && deadLetter != nil && errors.As(err, &rr) && rr.RecordRejected() {
+				obs.PublishFailed(ReasonRejected)
+				deadLetter(&ev, err, tok)
+				return
+			}
 			if err != nil {
 				obs.PublishFailed(ReasonRejected)
 				// Never skip past a failed record: end the session, and the
@@ -133,6 +164,7 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message, fail func(
 			return fmt.Errorf("publishing event %s: %w", ev.ID, err)
 		}
 		p.published++
+		p.publishedTotal.Add(1)
 	case decoder.KindCommit:
 		p.tracker.Commit(op.EndLSN)
 		p.obs.TransactionDecoded()

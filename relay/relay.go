@@ -7,10 +7,13 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -63,7 +66,27 @@ type Config struct {
 	// ProgressInterval is how often a progress line (events/s, lag) is
 	// logged at info level while streaming. Default 30s.
 	ProgressInterval time.Duration
+	// HeartbeatInterval is how often an idle relay writes a heartbeat
+	// message so the slot advances even when only other tables or
+	// databases are written. 0 disables heartbeats.
+	HeartbeatInterval time.Duration
+	// OnError says what happens to an event the broker rejects for good
+	// (too large, invalid): OnErrorStop ends the session without confirming
+	// past it; OnErrorDeadLetter sends it to DeadLetterTopic and goes on.
+	// Errors that are not about one record (broker down) always stop.
+	OnError string
+	// DeadLetterTopic receives rejected events with OnErrorDeadLetter.
+	DeadLetterTopic string
+	// StandbyRetry is how often a standby relay tries to take the slot
+	// over. Default 2s.
+	StandbyRetry time.Duration
 }
+
+// What to do with an event the broker rejects for good.
+const (
+	OnErrorStop       = "stop"
+	OnErrorDeadLetter = "dead-letter"
+)
 
 // Validate reports a config the relay cannot run with.
 func (c Config) Validate() error {
@@ -75,6 +98,18 @@ func (c Config) Validate() error {
 	}
 	if c.ReconnectMin < 0 || c.ReconnectMax < 0 || c.ShutdownTimeout < 0 || c.ProgressInterval < 0 {
 		return errors.New("reconnect backoff, shutdown timeout and progress interval must not be negative")
+	}
+	if c.HeartbeatInterval < 0 || c.StandbyRetry < 0 {
+		return errors.New("heartbeat interval and standby retry must not be negative")
+	}
+	switch c.OnError {
+	case "", OnErrorStop:
+	case OnErrorDeadLetter:
+		if c.DeadLetterTopic == "" {
+			return errors.New("--on-error dead-letter needs a dead-letter topic")
+		}
+	default:
+		return fmt.Errorf("on-error %q: want %s or %s", c.OnError, OnErrorDeadLetter, OnErrorStop)
 	}
 	if c.ReconnectMin > 0 && c.ReconnectMax > 0 && c.ReconnectMin > c.ReconnectMax {
 		return fmt.Errorf("minimum reconnect backoff %s is above the maximum %s", c.ReconnectMin, c.ReconnectMax)
@@ -124,6 +159,9 @@ func New(cfg Config, publish NewPublisher) (*Relay, error) {
 	}
 	if cfg.ProgressInterval == 0 {
 		cfg.ProgressInterval = 30 * time.Second
+	}
+	if cfg.StandbyRetry == 0 {
+		cfg.StandbyRetry = 2 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -202,7 +240,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		// Full jitter keeps a fleet of relays from reconnecting in step.
 		wait := backoff/2 + rand.N(backoff/2+1)
-		switch cause := causeOf(err); {
+		cause := causeOf(err)
+		if cause == causeStandby {
+			// A standby must take over within seconds when the holder dies.
+			wait = r.cfg.StandbyRetry/2 + rand.N(r.cfg.StandbyRetry/2+1)
+		}
+		switch {
 		case cause == causeStandby && r.standby:
 			r.log.Debug("standby: slot still in use by another process", "slot", r.cfg.Slot.Slot, "retry_in", wait.Round(time.Millisecond))
 		case cause == causeStandby:
@@ -219,25 +262,35 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, r.cfg.ReconnectMax)
+		if cause != causeStandby {
+			backoff = min(2*backoff, r.cfg.ReconnectMax)
+		}
 	}
 }
 
 // session runs one replication session.
 func (r *Relay) session(ctx context.Context) error {
-	start, err := r.prepare(ctx)
+	setupCtx, cancelSetup := context.WithTimeout(ctx, 3*setupTimeout)
+	defer cancelSetup()
+	start, err := r.prepare(setupCtx)
 	if err != nil {
 		return withCause(CausePostgres, err)
 	}
 
 	pub, err := r.publish(ctx)
 	if err != nil {
-		return withCause(CauseSink, fmt.Errorf("connecting the publisher: %w", err))
+		err = fmt.Errorf("connecting the publisher: %w", err)
+		var cp interface{ ConfigProblem() bool }
+		if errors.As(err, &cp) && cp.ConfigProblem() {
+			// Rejected credentials or certificates: retrying cannot help.
+			return fatal(err)
+		}
+		return withCause(CauseSink, err)
 	}
 	// From here on the publisher is closed (drained) before the final
 	// status update, on every path.
 
-	stream, err := replication.Connect(ctx, r.cfg.replicationConfig())
+	stream, err := replication.Connect(setupCtx, r.cfg.replicationConfig())
 	if err != nil {
 		pub.Close()
 		return withCause(CausePostgres, classifyConnect(err))
@@ -248,7 +301,7 @@ func (r *Relay) session(ctx context.Context) error {
 		level = slog.LevelDebug // retrying as standby: said once already
 	}
 	r.log.Log(ctx, level, "connected", "slot", r.cfg.Slot.Slot, "pid", stream.PID(), "server_wal_end", stream.ServerWALEnd())
-	if err := stream.Start(ctx, start); err != nil {
+	if err := stream.Start(setupCtx, start); err != nil {
 		pub.Close()
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
@@ -288,8 +341,38 @@ func (r *Relay) session(ctx context.Context) error {
 		progress:      progress,
 		progressEvery: r.cfg.ProgressInterval,
 	}
+	p.newPubCtx()
 	r.obs.Session(progress)
 	r.obs.StateChanged(StateStreaming, "", nil)
+
+	var bg sync.WaitGroup
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	defer func() {
+		stopBackground()
+		bg.Wait()
+	}()
+	if r.cfg.OnError == OnErrorDeadLetter {
+		dl := newDeadLetters(pub, r.cfg.DeadLetterTopic, tracker, r.obs, r.log)
+		p.deadLetter = dl.add
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			dl.run(bgCtx, p.fail)
+		}()
+	}
+	hb := &heartbeat{
+		connString: r.cfg.ConnString,
+		interval:   r.cfg.HeartbeatInterval,
+		prefix:     r.cfg.Decoder.HeartbeatPrefix,
+		log:        r.log,
+		idle:       p.idleSince,
+		sent:       r.obs.HeartbeatSent,
+	}
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		hb.run(bgCtx)
+	}()
 	msgs := make(chan replication.Message, 256)
 	// The reader outlives ctx: it keeps confirming while the publisher
 	// drains, and sends the final status update when told to stop.
@@ -391,13 +474,46 @@ func connectAdmin(ctx context.Context, connString string) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, errors.New("parsing the PostgreSQL connection string: invalid URL or DSN")
 	}
+	if cfg.ConnectTimeout == 0 {
+		// A blackholed network must not hang a reconnect forever.
+		cfg.ConnectTimeout = setupTimeout
+	}
 	return pgx.ConnectConfig(ctx, cfg)
 }
+
+// rootCause is the innermost error of a chain, without the wrappers that
+// may repeat connection details.
+func rootCause(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+// setupTimeout bounds each set-up step of a session (connecting, checks,
+// starting replication), so a silent network cannot hang a reconnect.
+const setupTimeout = 15 * time.Second
 
 // classifyConnect makes authentication and privilege failures fatal
 // configuration problems: retrying a wrong password only fills the
 // server's log.
 func classifyConnect(err error) error {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		badHost   x509.HostnameError
+		badCert   x509.CertificateInvalidError
+		tlsVerify *tls.CertificateVerificationError
+	)
+	if errors.As(err, &unknownCA) || errors.As(err, &badHost) || errors.As(err, &badCert) || errors.As(err, &tlsVerify) {
+		// A certificate that does not verify will not verify next time.
+		return fatal(&slot.Problem{
+			What: fmt.Sprintf("PostgreSQL's TLS certificate did not verify: %v", rootCause(err)),
+			Fix:  "check sslrootcert (the CA that signed the server certificate), sslmode and that the host name in --pg-url is in the certificate",
+		})
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {

@@ -121,6 +121,10 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 		return nil, errors.New("parsing the PostgreSQL connection string: invalid URL or DSN")
 	}
 	pgcfg.RuntimeParams["replication"] = "database"
+	if pgcfg.ConnectTimeout == 0 {
+		// A blackholed network must not hang a reconnect forever.
+		pgcfg.ConnectTimeout = 15 * time.Second
+	}
 	if pgcfg.RuntimeParams["application_name"] == "" {
 		// DBAs see who holds the slot in pg_stat_replication.
 		pgcfg.RuntimeParams["application_name"] = cfg.Slot

@@ -76,7 +76,9 @@ type relayProc struct {
 // updates; the process is killed on cleanup if the test did not stop it.
 func startRelay(t *testing.T, args ...string) *relayProc {
 	t.Helper()
-	full := append([]string{"run", "--status-interval", "300ms", "--receive-timeout", "10s", "--log-level", "debug"}, args...)
+	// No fixed metrics port: tests run side by side; a test that scrapes
+	// passes its own --metrics-addr, and the later flag wins.
+	full := append([]string{"run", "--status-interval", "300ms", "--receive-timeout", "10s", "--log-level", "debug", "--metrics-addr", ""}, args...)
 	cmd := exec.Command(relayBin, full...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -76,6 +76,12 @@ func coreFlags() []cli.Flag {
 			Usage: "how often the confirmed position is reported to PostgreSQL"},
 		&cli.DurationFlag{Name: "receive-timeout", Value: 30 * time.Second, EnvVars: env("RECEIVE_TIMEOUT"),
 			Usage: "silence from PostgreSQL after which the connection is presumed dead"},
+		&cli.DurationFlag{Name: "heartbeat-interval", Value: 30 * time.Second, EnvVars: env("HEARTBEAT_INTERVAL"),
+			Usage: "when nothing was published for this long, write a heartbeat message so the slot advances even if only other tables or databases change (0: off)"},
+		&cli.StringFlag{Name: "on-error", EnvVars: env("ON_ERROR"),
+			Usage: "an event the broker rejects for good (too large, invalid): dead-letter (default for kafka) sends it to --dead-letter-topic and goes on; stop (default for other sinks) halts without confirming past it"},
+		&cli.StringFlag{Name: "dead-letter-topic", Value: "outbox.dead-letter", EnvVars: env("DEAD_LETTER_TOPIC"),
+			Usage: "topic for rejected events, with headers outbox-relay-error and outbox-relay-original-topic"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"),
 			Usage: "how long a stop may take to finish the open transaction and drain broker acks"},
 	}
@@ -129,10 +135,25 @@ func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, error) {
 			Columns: cols,
 			Topic:   c.String("topic"),
 		},
-		StatusInterval:  c.Duration("status-interval"),
-		ReceiveTimeout:  c.Duration("receive-timeout"),
-		ShutdownTimeout: c.Duration("shutdown-timeout"),
-		Logger:          log,
+		StatusInterval:    c.Duration("status-interval"),
+		ReceiveTimeout:    c.Duration("receive-timeout"),
+		ShutdownTimeout:   c.Duration("shutdown-timeout"),
+		HeartbeatInterval: c.Duration("heartbeat-interval"),
+		DeadLetterTopic:   c.String("dead-letter-topic"),
+		Logger:            log,
+	}
+	// Dead-lettering needs a sink that tells record rejections apart and
+	// routes by topic: Kafka.
+	kafka := c.String("sink") == "" || c.String("sink") == "kafka"
+	switch onErr := c.String("on-error"); {
+	case onErr == "" && kafka:
+		cfg.OnError = relay.OnErrorDeadLetter
+	case onErr == "":
+		cfg.OnError = relay.OnErrorStop
+	case onErr == relay.OnErrorDeadLetter && !kafka:
+		return relay.Config{}, usagef("--on-error dead-letter works with --sink kafka only; use --on-error stop with --sink %s", c.String("sink"))
+	default:
+		cfg.OnError = onErr
 	}
 	if err := applyOutboxFlags(c, &cfg); err != nil {
 		return relay.Config{}, err
