@@ -31,6 +31,7 @@ func TestEndToEndEveryEventOnceInCommitOrder(t *testing.T) {
 
 	relay := startRelay(t, "--pg-url", db.URL, "--kafka-brokers", brokers, "--slot", "e2e", "--publication", "e2e")
 	waitSlotActive(t, db, "e2e")
+	watch := watchConfirmed(t, db, "e2e", cluster.ListenAddrs())
 
 	start := time.Now()
 	bulkDone := make(chan error, 1)
@@ -80,6 +81,7 @@ func TestEndToEndEveryEventOnceInCommitOrder(t *testing.T) {
 		lsn, err := slotConfirmed(ctx, db, "e2e")
 		return lsn >= endWAL, err
 	})
+	t.Logf("confirmed position never ahead of the broker: %d event checks", watch.check(t, sc, recs))
 
 	// An independent client sees the same records.
 	checkWithKcat(t, cluster.ListenAddrs()[0], recs)
@@ -154,16 +156,27 @@ func TestCrashLosesNothingAndRepeatsOnlyUnconfirmed(t *testing.T) {
 
 	relay := startRelay(t, args...)
 	waitSlotActive(t, db, "crash")
+	watch := watchConfirmed(t, db, "crash", cluster.ListenAddrs())
 
+	start, err := slotConfirmed(ctx, db, "crash")
+	if err != nil {
+		t.Fatal(err)
+	}
 	writeErr := make(chan error, 1)
 	var written atomic.Int64
 	go func() {
-		writeErr <- sc.writeConcurrently(ctx, 4, 12000, 20, func() { written.Add(1) })
+		// Paced so that the kill lands in the middle of the stream: this
+		// shapes the load, it does not synchronise anything.
+		writeErr <- sc.writeConcurrently(ctx, 4, 12000, 20, func() {
+			written.Add(1)
+			<-time.After(5 * time.Millisecond)
+		})
 	}()
-	// Kill once records are flowing and the slot has confirmed some.
-	waitFor(t, 60*time.Second, "records flowing", func() (bool, error) {
-		recs, err := kafkatest.ReadAll(ctx, cluster.ListenAddrs(), topics, 200*time.Millisecond)
-		return len(recs) > 2000, err
+	// Kill once the slot has confirmed some transactions, with most still
+	// to be written.
+	waitFor(t, 60*time.Second, "the slot to confirm some transactions", func() (bool, error) {
+		lsn, err := slotConfirmed(ctx, db, "crash")
+		return lsn > start && written.Load() >= 200, err
 	})
 	if err := relay.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -207,9 +220,10 @@ func TestCrashLosesNothingAndRepeatsOnlyUnconfirmed(t *testing.T) {
 	}
 	t.Logf("crash: %d events written, %d records delivered, %d repeats (all after confirmed LSN %s); %d events were confirmed before the kill",
 		total, res.delivered, len(res.duplicates), confirmed, len(safeIDs))
-	if len(safeIDs) == 0 {
-		t.Fatalf("nothing was confirmed before the kill: the test did not exercise a restart from a confirmed position")
+	if len(safeIDs) == 0 || len(safeIDs) == total {
+		t.Fatalf("%d of %d events confirmed before the kill: the kill was not mid-stream", len(safeIDs), total)
 	}
+	t.Logf("confirmed position never ahead of the broker: %d event checks", watch.check(t, sc, recs))
 }
 
 // A graceful stop drains and confirms: a restart sends zero duplicates.
@@ -224,6 +238,7 @@ func TestGracefulStopThenRestartSendsNoDuplicates(t *testing.T) {
 
 	relay := startRelay(t, args...)
 	waitSlotActive(t, db, "graceful")
+	watch := watchConfirmed(t, db, "graceful", cluster.ListenAddrs())
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- sc.writeConcurrently(ctx, 4, 8000, 30, nil) }()
 	waitFor(t, 60*time.Second, "records flowing", func() (bool, error) {
@@ -250,6 +265,7 @@ func TestGracefulStopThenRestartSendsNoDuplicates(t *testing.T) {
 	if len(res.duplicates) != 0 {
 		t.Fatalf("graceful stop then restart sent %d duplicates, e.g. %s", len(res.duplicates), res.duplicates[0])
 	}
+	watch.check(t, sc, recs)
 }
 
 // Transient produce errors are retried without loss or reorder.
@@ -272,6 +288,7 @@ func TestProduceErrorsAreRetriedInOrder(t *testing.T) {
 
 	startRelay(t, "--pg-url", db.URL, "--kafka-brokers", strings.Join(cluster.ListenAddrs(), ","), "--slot", "perr", "--publication", "perr")
 	waitSlotActive(t, db, "perr")
+	watch := watchConfirmed(t, db, "perr", cluster.ListenAddrs())
 	if err := sc.writeConcurrently(ctx, 4, 4000, 20, nil); err != nil {
 		t.Fatalf("writing: %v", err)
 	}
@@ -282,6 +299,7 @@ func TestProduceErrorsAreRetriedInOrder(t *testing.T) {
 	}
 	recs, _ := kafkatest.ReadAll(ctx, cluster.ListenAddrs(), topics, 2*time.Second)
 	res := sc.check(t, recs)
+	watch.check(t, sc, recs)
 	if n.Load() < 3 {
 		t.Fatalf("only %d produce requests seen: the fault was not exercised", n.Load())
 	}

@@ -19,6 +19,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outbox-relay/outbox-relay/test/kafkatest"
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
@@ -473,4 +475,159 @@ func migrate(t *testing.T, db *pgtest.DB) {
 	if err != nil {
 		t.Fatalf("outbox-relay migrate: %v\n%s", err, out)
 	}
+}
+
+// ---- the confirmed-position watcher -------------------------------------
+
+// confirmPoll is one sample: the slot's confirmed position, then the end
+// offset of every partition read right after it.
+type confirmPoll struct {
+	confirmed pglogrepl.LSN
+	ends      map[string]map[int32]int64 // topic -> partition -> end offset
+}
+
+// confirmWatcher polls the slot's confirmed_flush_lsn and the broker's end
+// offsets throughout a run. Reading the position first and the offsets
+// second makes every event the relay had confirmed by then sit below the
+// offsets sampled, if the relay only confirms what the broker acked.
+type confirmWatcher struct {
+	mu    sync.Mutex
+	polls []confirmPoll
+	stop  context.CancelFunc
+	done  chan struct{}
+}
+
+func watchConfirmed(t *testing.T, db *pgtest.DB, slotName string, brokers []string) *confirmWatcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	w := &confirmWatcher{stop: cancel, done: make(chan struct{})}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(w.done)
+		defer cl.Close()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			lsn, err := slotConfirmed(ctx, db, slotName)
+			if err != nil {
+				continue // slot not created yet, or the server is restarting
+			}
+			ends, err := endOffsets(ctx, cl, topics)
+			if err != nil {
+				continue
+			}
+			w.mu.Lock()
+			w.polls = append(w.polls, confirmPoll{confirmed: lsn, ends: ends})
+			w.mu.Unlock()
+		}
+	}()
+	t.Cleanup(w.close)
+	return w
+}
+
+func (w *confirmWatcher) close() {
+	w.stop()
+	<-w.done
+}
+
+// endOffsets lists the end offset of every partition of the topics.
+func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[string]map[int32]int64, error) {
+	meta := kmsg.NewPtrMetadataRequest()
+	for _, tp := range topics {
+		mt := kmsg.NewMetadataRequestTopic()
+		mt.Topic = kmsg.StringPtr(tp)
+		meta.Topics = append(meta.Topics, mt)
+	}
+	mresp, err := meta.RequestWith(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
+	req := kmsg.NewPtrListOffsetsRequest()
+	for _, mt := range mresp.Topics {
+		if mt.ErrorCode != 0 || mt.Topic == nil {
+			continue // topic not created yet: nothing published to it
+		}
+		rt := kmsg.NewListOffsetsRequestTopic()
+		rt.Topic = *mt.Topic
+		for _, mp := range mt.Partitions {
+			rp := kmsg.NewListOffsetsRequestTopicPartition()
+			rp.Partition = mp.Partition
+			rp.Timestamp = -1 // latest
+			rt.Partitions = append(rt.Partitions, rp)
+		}
+		req.Topics = append(req.Topics, rt)
+	}
+	out := map[string]map[int32]int64{}
+	if len(req.Topics) == 0 {
+		return out, nil
+	}
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
+	for _, rt := range resp.Topics {
+		for _, rp := range rt.Partitions {
+			if rp.ErrorCode != 0 {
+				return nil, fmt.Errorf("list offsets %s/%d: error code %d", rt.Topic, rp.Partition, rp.ErrorCode)
+			}
+			if out[rt.Topic] == nil {
+				out[rt.Topic] = map[int32]int64{}
+			}
+			out[rt.Topic][rp.Partition] = rp.Offset
+		}
+	}
+	return out, nil
+}
+
+// check asserts that at every poll, each event whose transaction had
+// ended at or before the confirmed position was already in the broker:
+// the relay never confirmed past an event the broker had not acknowledged.
+// recs are all records read at the end; an event's first copy counts.
+func (w *confirmWatcher) check(t *testing.T, sc *scenario, recs []kafkatest.Record) int {
+	t.Helper()
+	w.close()
+	first := map[string]kafkatest.Record{}
+	for _, r := range recs {
+		id := r.Headers["id"]
+		if prev, ok := first[id]; !ok || (r.Topic == prev.Topic && r.Partition == prev.Partition && r.Offset < prev.Offset) {
+			first[id] = r
+		}
+	}
+	w.mu.Lock()
+	polls := w.polls
+	w.mu.Unlock()
+	sc.mu.Lock()
+	txs := append([]writtenTx(nil), sc.txs...)
+	sc.mu.Unlock()
+	checked := 0
+	for _, p := range polls {
+		for _, tx := range txs {
+			if tx.after > p.confirmed {
+				continue
+			}
+			for _, id := range tx.ids {
+				r, ok := first[id]
+				if !ok {
+					t.Fatalf("event %s was confirmed (slot at %s) but never reached the broker", id, p.confirmed)
+				}
+				if end := p.ends[r.Topic][r.Partition]; r.Offset >= end {
+					t.Fatalf("slot confirmed %s while event %s (ended by %s) was not yet in the broker: %s/%d offset %d, end offset then %d",
+						p.confirmed, id, tx.after, r.Topic, r.Partition, r.Offset, end)
+				}
+				checked++
+			}
+		}
+	}
+	if len(polls) < 5 {
+		t.Fatalf("only %d polls of the confirmed position: the watcher did not watch the run", len(polls))
+	}
+	return checked
 }
