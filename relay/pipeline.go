@@ -67,7 +67,7 @@ func (p *pipeline) idleSince() bool {
 // run consumes msgs until ctx ends (at a transaction boundary, so a
 // graceful stop leaves nothing half-published), the reader fails, or a
 // publish fails for good. The caller drains the publisher afterwards.
-func (p *pipeline) run(ctx context.Context, msgs <-chan replication.Message, readerDone <-chan error, shutdownTimeout time.Duration) error {
+func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, readerDone <-chan error, shutdownTimeout time.Duration) error {
 	pubCtx, failPublishing := p.pubCtx, p.failPublishing
 	defer failPublishing(nil)
 	fail := p.fail
@@ -106,15 +106,19 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan replication.Message, rea
 				err = errors.New("replication stream ended")
 			}
 			return err
-		case m := <-msgs:
-			if err := p.handle(pubCtx, m, fail); err != nil {
-				if cause := context.Cause(pubCtx); cause != nil {
-					return cause
+		case batch := <-msgs:
+			for _, m := range batch {
+				if err := p.handle(pubCtx, m, fail); err != nil {
+					if cause := context.Cause(pubCtx); cause != nil {
+						return cause
+					}
+					return err
 				}
-				return err
-			}
-			if stopping == nil && !p.inTxn {
-				return nil // graceful stop reached a transaction boundary
+				if ctx.Err() != nil && !p.inTxn {
+					// A graceful stop reached a transaction boundary; the rest
+					// of the batch is not confirmed and streams again later.
+					return nil
+				}
 			}
 		}
 	}

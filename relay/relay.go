@@ -373,7 +373,8 @@ func (r *Relay) session(ctx context.Context) error {
 		defer bg.Done()
 		hb.run(bgCtx)
 	}()
-	msgs := make(chan replication.Message, 256)
+	// Batches of up to 256 messages: at most 16 wait, bounding memory.
+	msgs := make(chan []replication.Message, 16)
 	// The reader outlives ctx: it keeps confirming while the publisher
 	// drains, and sends the final status update when told to stop.
 	readerCtx, stopReader := context.WithCancel(context.Background())

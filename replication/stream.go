@@ -81,6 +81,9 @@ var pinnedSettings = map[string]string{
 	"client_encoding":    "UTF8",
 }
 
+// maxBatch bounds the messages handed to the pipeline at once.
+const maxBatch = 256
+
 // Message is one item of the WAL stream, in stream order.
 type Message struct {
 	// WALStart is the WAL position of an XLogData message.
@@ -184,17 +187,37 @@ func (s *Stream) Start(ctx context.Context, start pglogrepl.LSN) error {
 }
 
 // Run reads the stream until ctx ends or the connection fails. Every
-// XLogData and keepalive goes to out, in order (keepalives only when out
-// has room). safe returns the position to confirm; it is sent on a timer,
+// XLogData and keepalive goes to out, in order, in batches (a keepalive
+// alone only when out has room). safe returns the position to confirm; it is sent on a timer,
 // whenever the server asks, and once more when ctx ends, so a blocked
 // pipeline never makes the walsender time out. Run returns nil when ctx
 // ended and the final status update was sent.
-func (s *Stream) Run(ctx context.Context, out chan<- Message, safe func() pglogrepl.LSN) error {
+func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglogrepl.LSN) error {
 	interval := s.cfg.StatusInterval
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	lastHeard := time.Now()
 	nextStatus := time.Now().Add(interval)
+
+	// Messages go to the pipeline in batches: one hand-off (and one wake-up
+	// of the pipeline goroutine) per burst the server sent, not per message.
+	// A batch is handed off when the connection's read buffer is empty, so
+	// nothing already received waits for the network.
+	batch := make([]Message, 0, maxBatch)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := s.handOff(ctx, out, batch, ticker.C, safe); err != nil {
+			return err
+		}
+		batch = make([]Message, 0, maxBatch)
+		return nil
+	}
+
+	// One read deadline per status interval, not one context per message.
+	var deadline readDeadline
+	defer deadline.stop()
 
 	for {
 		if ctx.Err() != nil {
@@ -214,9 +237,7 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message, safe func() pglogr
 			return fmt.Errorf("no message from the server for %s (receive timeout %s): connection presumed dead", silent.Round(time.Second), s.cfg.ReceiveTimeout)
 		}
 
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
-		raw, err := s.conn.ReceiveMessage(rctx)
-		cancel()
+		raw, err := s.conn.ReceiveMessage(deadline.get(ctx, nextStatus))
 		if err != nil {
 			if ctx.Err() != nil && !s.conn.IsClosed() {
 				// Told to stop: the read was interrupted, the connection is
@@ -242,11 +263,20 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message, safe func() pglogr
 					return fmt.Errorf("parsing keepalive on slot %s: %w", s.cfg.Slot, err)
 				}
 				raise(&s.walEnd, ka.ServerWALEnd)
-				// Offer the keepalive to the pipeline first: if nothing is in
-				// flight it may move the safe position to the WAL end.
-				select {
-				case out <- Message{ServerWALEnd: ka.ServerWALEnd}:
-				default:
+				// Offer the keepalive to the pipeline after what came before
+				// it: if nothing is in flight it may move the safe position to
+				// the WAL end. Only offered: a busy pipeline does not need it.
+				keepalive := Message{ServerWALEnd: ka.ServerWALEnd}
+				if len(batch) > 0 {
+					batch = append(batch, keepalive)
+					if err := flush(); err != nil {
+						return err
+					}
+				} else {
+					select {
+					case out <- []Message{keepalive}:
+					default:
+					}
 				}
 				if ka.ReplyRequested {
 					if err := s.sendStatus(safe(), false); err != nil {
@@ -267,8 +297,11 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message, safe func() pglogr
 					ServerWALEnd: xld.ServerWALEnd,
 					Data:         append([]byte(nil), xld.WALData...),
 				}
-				if err := s.handOff(ctx, out, m, ticker.C, safe); err != nil {
-					return err
+				batch = append(batch, m)
+				if len(batch) >= maxBatch || s.conn.Frontend().ReadBufferLen() == 0 {
+					if err := flush(); err != nil {
+						return err
+					}
 				}
 				if ctx.Err() != nil {
 					return s.finish(safe())
@@ -284,13 +317,36 @@ func (s *Stream) Run(ctx context.Context, out chan<- Message, safe func() pglogr
 	}
 }
 
-// handOff sends m to the pipeline. While the pipeline is blocked (a slow or
+// readDeadline is a context with a deadline, made anew only when the
+// deadline changes.
+type readDeadline struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	at     time.Time
+}
+
+func (d *readDeadline) get(parent context.Context, at time.Time) context.Context {
+	if d.ctx == nil || !d.at.Equal(at) {
+		d.stop()
+		d.ctx, d.cancel = context.WithDeadline(parent, at)
+		d.at = at
+	}
+	return d.ctx
+}
+
+func (d *readDeadline) stop() {
+	if d.cancel != nil {
+		d.cancel()
+	}
+}
+
+// handOff sends a batch to the pipeline. While the pipeline is blocked (a slow or
 // absent broker) it keeps sending status updates so the server does not
 // drop the connection; it stops reading WAL, which is the backpressure.
-func (s *Stream) handOff(ctx context.Context, out chan<- Message, m Message, tick <-chan time.Time, safe func() pglogrepl.LSN) error {
+func (s *Stream) handOff(ctx context.Context, out chan<- []Message, batch []Message, tick <-chan time.Time, safe func() pglogrepl.LSN) error {
 	for {
 		select {
-		case out <- m:
+		case out <- batch:
 			return nil
 		case <-ctx.Done():
 			return nil
