@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BENCH_PKGS = ./decoder ./checkpoint ./sink
 
-.PHONY: all test lint build demo bench fuzz clean
+.PHONY: all test lint build demo bench bench-go fuzz clean
 
 all: lint test
 
@@ -21,7 +21,15 @@ build:
 demo:
 	$(GO) run ./cmd/outbox-relay demo
 
+# The end-to-end benchmark (issue 6): private PostgreSQL, kfake broker and the
+# relay in separate processes; writes bench/results/RESULTS.md and chart.png.
+# BENCH_FLAGS=--quick for a ~1 minute look; `go run ./bench -h` lists the rest.
+BENCH_FLAGS ?=
 bench:
+	$(GO) run ./bench $(BENCH_FLAGS)
+
+# The Go micro-benchmarks (decoder, checkpoint, sink), with allocs/op.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(BENCH_PKGS)
 
 # Each fuzz target for FUZZTIME (go test -fuzz takes one target at a time).

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// aggregates is how many distinct aggregate ids the events spread over.
+const aggregates = 1000
+
+// batchInsert is one 1,000-row transaction; $1 numbers the batch. The
+// payload is ~200 bytes of JSON.
+const batchInsert = `
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+SELECT 'order', 'order-' || (g % 1000), 'order.created',
+       json_build_object(
+         'order_id', $1::bigint * 1000 + g,
+         'customer_id', 'cust-' || (g % 977),
+         'amount', round((random() * 1000)::numeric, 2),
+         'currency', 'EUR',
+         'status', 'created',
+         'items', json_build_array(json_build_object('sku', 'SKU-' || (g % 311), 'qty', 1 + g % 5)),
+         'note', repeat('x', 48))::jsonb
+FROM generate_series(1, 1000) AS g`
+
+const singleInsert = `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', $1, 'order.created', $2::jsonb)`
+
+// payload returns a ~200-byte JSON document shaped like the batch one.
+func payload(buf []byte, n int) []byte {
+	return fmt.Appendf(buf[:0],
+		`{"order_id": %d, "customer_id": "cust-%d", "amount": %d.%02d, "currency": "EUR", "status": "created", "items": [{"sku": "SKU-%d", "qty": %d}], "note": "%s"}`,
+		n, n%977, n%1000, n%100, n%311, 1+n%5, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
+}
+
+// connect opens a connection; asyncCommit turns synchronous_commit off
+// for it (bulk loading only: a live writer's commit must reach the WAL
+// flush, or the walsender would see it only after the WAL writer's delay).
+func (e *env) connect(ctx context.Context, asyncCommit bool) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(e.url)
+	if err != nil {
+		return nil, err
+	}
+	if asyncCommit {
+		cfg.RuntimeParams["synchronous_commit"] = "off"
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// insertBatches writes n events in 1,000-row transactions over two
+// connections.
+func (e *env) insertBatches(ctx context.Context, n int) error {
+	batches := n / 1000
+	const conns = 2
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for w := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := e.connect(ctx, true)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close(context.Background())
+			for b := w; b < batches; b += conns {
+				if _, err := conn.Exec(ctx, batchInsert, b); err != nil {
+					errs <- fmt.Errorf("batch %d: %w", b, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// insertSingles writes n events, one per transaction, from writers
+// concurrent connections as fast as they go.
+func (e *env) insertSingles(ctx context.Context, n, writers int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := e.connect(ctx, true)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close(context.Background())
+			var buf []byte
+			for i := w; i < n; i += writers {
+				buf = payload(buf, i)
+				if _, err := conn.Exec(ctx, singleInsert, fmt.Sprintf("order-%d", i%aggregates), string(buf)); err != nil {
+					errs <- fmt.Errorf("insert %d: %w", i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// writeAtRate writes single-row transactions at rate events/s in total for
+// d, from writers connections on a fixed schedule (open loop: a writer that
+// falls behind catches up without skipping). It returns how many it wrote
+// and for how long.
+func (e *env) writeAtRate(ctx context.Context, rate, writers int, d time.Duration) (int, time.Duration, error) {
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	counts := make([]int, writers)
+	interval := time.Duration(float64(time.Second) * float64(writers) / float64(rate))
+	conns := make([]*pgx.Conn, writers)
+	for w := range writers {
+		conn, err := e.connect(ctx, false)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer conn.Close(context.Background())
+		conns[w] = conn
+	}
+	start := time.Now()
+	end := start.Add(d)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn := conns[w]
+			var buf []byte
+			// Writers are offset so the inserts spread over the interval.
+			next := start.Add(interval * time.Duration(w) / time.Duration(writers))
+			for i := 0; ; i++ {
+				if next.After(end) {
+					return
+				}
+				if wait := time.Until(next); wait > 0 {
+					select {
+					case <-time.After(wait):
+					case <-ctx.Done():
+						errs <- ctx.Err()
+						return
+					}
+				}
+				n := i*writers + w
+				buf = payload(buf, n)
+				if _, err := conn.Exec(ctx, singleInsert, fmt.Sprintf("order-%d", n%aggregates), string(buf)); err != nil {
+					errs <- err
+					return
+				}
+				counts[w]++
+				next = next.Add(interval)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(errs)
+	total := 0
+	for _, c := range counts {
+		total += c
+	}
+	return total, took, <-errs
+}

@@ -1,0 +1,97 @@
+// Command bench measures the relay against the physical limit of logical
+// decoding (pg_recvlogical) and against the polling alternative, on one
+// machine, side by side (issue 6). `make bench` runs it.
+//
+// It starts a private PostgreSQL (internal/pgserver) and, for every broker
+// run, a fresh Kafka-protocol broker (kfake) in a separate process. The relay
+// runs in a separate process too, so its CPU time and peak RSS are its own.
+// Both helpers are this same binary re-executed with a sub-command:
+//
+//	bench broker   kfake on a loopback port; prints its address
+//	bench relay    the relay draining one slot to a null sink or the broker
+//	bench poller   a SKIP LOCKED poller publishing to the broker
+//
+// Results go to bench/results/RESULTS.md and bench/results/chart.png.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// options are the orchestrator's flags.
+type options struct {
+	quick        bool
+	events       int
+	writers      int
+	rate         int
+	liveDuration time.Duration
+	outDir       string
+	tmpDir       string
+	profile      bool
+	shapes       string
+	skipPoller   bool
+}
+
+func main() {
+	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "broker":
+			if err := brokerMain(os.Args[2:]); err != nil {
+				log.Fatalf("broker: %v", err)
+			}
+			return
+		case "relay":
+			if err := relayMain(os.Args[2:]); err != nil {
+				log.Fatalf("relay: %v", err)
+			}
+			return
+		case "poller":
+			if err := pollerMain(os.Args[2:]); err != nil {
+				log.Fatalf("poller: %v", err)
+			}
+			return
+		}
+	}
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ExitOnError)
+	fs.BoolVar(&o.quick, "quick", false, "a ~1 minute look: 50,000 events, 5s live runs")
+	fs.IntVar(&o.events, "events", 0, "events per shape (default 1,000,000; 50,000 with --quick)")
+	fs.IntVar(&o.writers, "writers", 8, "concurrent writers for single-row transactions")
+	fs.IntVar(&o.rate, "rate", 5000, "events/s for the live latency runs")
+	fs.DurationVar(&o.liveDuration, "live-duration", 0, "length of each live latency run (default 20s; 5s with --quick)")
+	fs.StringVar(&o.outDir, "out", "bench/results", "directory for RESULTS.md and chart.png (overwritten)")
+	fs.StringVar(&o.tmpDir, "tmp", "bench/tmp", "directory for CPU profiles and logs (not committed)")
+	fs.BoolVar(&o.profile, "profile", true, "write a CPU profile of the relay process in each drain")
+	fs.StringVar(&o.shapes, "shapes", "batch,single", "insert shapes to measure: batch (1,000-row transactions), single (single-row transactions)")
+	fs.BoolVar(&o.skipPoller, "skip-poller", false, "skip the SKIP LOCKED poller runs")
+	fs.Parse(os.Args[1:])
+	if o.events == 0 {
+		o.events = 1_000_000
+		if o.quick {
+			o.events = 50_000
+		}
+	}
+	if o.liveDuration == 0 {
+		o.liveDuration = 20 * time.Second
+		if o.quick {
+			o.liveDuration = 5 * time.Second
+		}
+	}
+	if o.events%1000 != 0 {
+		log.Fatalf("--events must be a multiple of 1,000 (the batch transaction size)")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/relay"
+	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/slot"
+)
+
+// relayStats is what the relay helper reports when it stops.
+type relayStats struct {
+	Acked    int64 `json:"acked"`
+	FirstAck int64 `json:"first_ack_unix_nano"`
+	LastAck  int64 `json:"last_ack_unix_nano"`
+	VmHWMKiB int64 `json:"vm_hwm_kib"`
+	RunErr   string
+	// Latencies in microseconds, when --latency was given: broker ack
+	// minus the transaction's commit time from the WAL, and minus the
+	// row's created_at (now() of the inserting transaction).
+	CommitToAck []int64 `json:"commit_to_ack_us,omitempty"`
+	CreateToAck []int64 `json:"create_to_ack_us,omitempty"`
+}
+
+// nullPublisher acknowledges every event at once: what is left is
+// decoding, tracking and confirming.
+type nullPublisher struct{}
+
+func (nullPublisher) Publish(_ context.Context, _ *decoder.Event, ack func(error)) error {
+	ack(nil)
+	return nil
+}
+
+func (nullPublisher) Close() error { return nil }
+
+// countingPublisher counts acks and, if asked, records latencies.
+type countingPublisher struct {
+	inner   relay.Publisher
+	st      *relayCounters
+	latency bool
+}
+
+type relayCounters struct {
+	acked    atomic.Int64
+	firstAck atomic.Int64
+	lastAck  atomic.Int64
+
+	mu          sync.Mutex
+	commitToAck []int64
+	createToAck []int64
+}
+
+func (p *countingPublisher) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
+	commit, created := ev.CommitTime, ev.CreatedAt
+	return p.inner.Publish(ctx, ev, func(err error) {
+		if err == nil {
+			now := time.Now()
+			if p.st.acked.Add(1) == 1 {
+				p.st.firstAck.Store(now.UnixNano())
+			}
+			p.st.lastAck.Store(now.UnixNano())
+			if p.latency {
+				p.st.mu.Lock()
+				p.st.commitToAck = append(p.st.commitToAck, now.Sub(commit).Microseconds())
+				p.st.createToAck = append(p.st.createToAck, now.Sub(created).Microseconds())
+				p.st.mu.Unlock()
+			}
+		}
+		ack(err)
+	})
+}
+
+func (p *countingPublisher) Close() error { return p.inner.Close() }
+
+// relayMain runs the relay on one slot until SIGTERM, then writes its
+// stats as JSON.
+func relayMain(args []string) error {
+	fs := flag.NewFlagSet("relay", flag.ExitOnError)
+	pgURL := fs.String("pg-url", "", "PostgreSQL URL")
+	slotName := fs.String("slot", "", "replication slot")
+	publication := fs.String("publication", "", "publication")
+	sinkName := fs.String("sink", "null", "null or kafka")
+	brokers := fs.String("brokers", "", "Kafka brokers for --sink kafka")
+	statsFile := fs.String("stats", "", "write stats JSON here on exit")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here")
+	latency := fs.Bool("latency", false, "record per-event latencies")
+	statusInterval := fs.Duration("status-interval", 100*time.Millisecond, "status update interval")
+	verbose := fs.Bool("v", false, "log at info level to stderr")
+	fs.Parse(args)
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	counters := &relayCounters{}
+	var newPub relay.NewPublisher
+	switch *sinkName {
+	case "null":
+		newPub = func(context.Context) (relay.Publisher, error) {
+			return &countingPublisher{inner: nullPublisher{}, st: counters, latency: *latency}, nil
+		}
+	case "kafka":
+		kcfg := sink.KafkaConfig{Brokers: strings.Split(*brokers, ","), ClientID: "outbox-relay-bench", Logger: logger}
+		newPub = func(context.Context) (relay.Publisher, error) {
+			k, err := sink.NewKafka(kcfg)
+			if err != nil {
+				return nil, err
+			}
+			return &countingPublisher{inner: k, st: counters, latency: *latency}, nil
+		}
+	default:
+		return fmt.Errorf("unknown sink %q", *sinkName)
+	}
+	cfg := relay.Config{
+		ConnString: *pgURL,
+		Slot:       slot.Config{Slot: *slotName, Publication: *publication, Table: "public.outbox"},
+		Decoder:    decoder.Config{Table: "public.outbox", Columns: decoder.DefaultColumns(), Topic: decoder.DefaultTopic},
+		// A short status interval only makes the confirmed LSN, which the
+		// orchestrator watches to stop the clock, follow the acks closely.
+		StatusInterval: *statusInterval,
+		ReceiveTimeout: 30 * time.Second,
+		Logger:         logger,
+	}
+	r, err := relay.New(cfg, newPub)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	runErr := r.Run(ctx)
+
+	st := relayStats{
+		Acked:    counters.acked.Load(),
+		FirstAck: counters.firstAck.Load(),
+		LastAck:  counters.lastAck.Load(),
+		VmHWMKiB: vmHWM(os.Getpid()),
+	}
+	if runErr != nil {
+		st.RunErr = runErr.Error()
+	}
+	counters.mu.Lock()
+	st.CommitToAck, st.CreateToAck = counters.commitToAck, counters.createToAck
+	counters.mu.Unlock()
+	if *statsFile != "" {
+		b, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*statsFile, b, 0o644); err != nil {
+			return err
+		}
+	}
+	return runErr
+}

@@ -1,0 +1,649 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/internal/pgserver"
+	"github.com/outbox-relay/outbox-relay/migrations"
+	"github.com/outbox-relay/outbox-relay/slot"
+)
+
+const publication = "outbox_bench"
+
+// env is one benchmark run's shared state.
+type env struct {
+	o     options
+	exe   string
+	pg    *pgserver.Server
+	url   string
+	admin *pgx.Conn
+	res   *results
+	pgBin string
+	loads []string // load averages sampled during the run
+}
+
+func (e *env) logPath(name string) string { return filepath.Join(e.o.tmpDir, name) }
+
+// drainResult is one consumer draining one shape's backlog.
+type drainResult struct {
+	Shape    string
+	Consumer string
+	Events   int
+	Wall     time.Duration
+	CPU      time.Duration // the consumer process
+	RSSKiB   int64
+	PGCPU    time.Duration // the whole PostgreSQL server during the drain
+	Load     string
+	Err      string
+	Profile  string // pprof -top of the relay, if profiled
+}
+
+func (d drainResult) rate() float64 {
+	if d.Wall <= 0 {
+		return 0
+	}
+	return float64(d.Events) / d.Wall.Seconds()
+}
+
+// liveResult is one consumer at a fixed write rate.
+type liveResult struct {
+	Consumer    string
+	TargetRate  int
+	Events      int
+	Achieved    float64
+	CreateToAck percentiles
+	CommitToAck percentiles // relay only: commit time from the WAL
+	CPU         time.Duration
+	RSSKiB      int64
+	PGCPU       time.Duration
+	// Tail is how long the consumer took, after the writers stopped, to
+	// deliver the rest: near zero when it kept up with the rate.
+	Tail time.Duration
+	Load string
+	Err  string
+}
+
+type percentiles struct {
+	N                  int
+	P50, P95, P99, Max time.Duration
+}
+
+func percentilesOf(us []int64) percentiles {
+	if len(us) == 0 {
+		return percentiles{}
+	}
+	s := append([]int64(nil), us...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	at := func(p float64) time.Duration {
+		i := int(p*float64(len(s))+0.999999) - 1
+		i = max(0, min(i, len(s)-1))
+		return time.Duration(s[i]) * time.Microsecond
+	}
+	return percentiles{N: len(s), P50: at(0.50), P95: at(0.95), P99: at(0.99), Max: time.Duration(s[len(s)-1]) * time.Microsecond}
+}
+
+type results struct {
+	Started  time.Time
+	Finished time.Time
+	Options  options
+	Command  string
+	Machine  machine
+	Payload  float64 // average payload bytes
+	Inserts  map[string]time.Duration
+	Drains   []drainResult
+	Live     []liveResult
+}
+
+func run(ctx context.Context, o options) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{o.outDir, o.tmpDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	e := &env{o: o, exe: exe, res: &results{Started: time.Now(), Options: o, Command: "bench " + strings.Join(os.Args[1:], " "), Inserts: map[string]time.Duration{}}}
+	e.loads = append(e.loads, loadAverage())
+	log.Printf("load average at start: %s (2 cores: above ~1.5 the numbers are perturbed)", loadAverage())
+
+	e.pg, err = pgserver.Start(ctx, pgserver.Options{
+		Settings: map[string]string{
+			"shared_buffers":     "256MB",
+			"max_wal_size":       "8GB",
+			"min_wal_size":       "1GB",
+			"checkpoint_timeout": "30min",
+			"wal_buffers":        "16MB",
+			"synchronous_commit": "on", // bulk writers turn it off per session
+		},
+		Logf: log.Printf,
+	})
+	if err != nil {
+		return err
+	}
+	defer e.pg.Close()
+	e.url = e.pg.URL("postgres")
+	e.pgBin = pgBinDir()
+	e.res.Machine = describeMachine(ctx, e)
+
+	e.admin, err = pgx.Connect(ctx, e.url)
+	if err != nil {
+		return err
+	}
+	defer e.admin.Close(context.Background())
+	if err := migrations.Apply(ctx, e.admin, "public.outbox"); err != nil {
+		return err
+	}
+	// The poller's column; nullable without a default, so adding it rewrites
+	// nothing and the relay's decoder ignores it.
+	if _, err := e.admin.Exec(ctx, `ALTER TABLE outbox ADD COLUMN processed_at timestamptz`); err != nil {
+		return err
+	}
+
+	for _, shape := range strings.Split(o.shapes, ",") {
+		if err := e.shape(ctx, strings.TrimSpace(shape)); err != nil {
+			return fmt.Errorf("shape %s: %w", shape, err)
+		}
+	}
+	if err := e.live(ctx); err != nil {
+		return fmt.Errorf("live latency: %w", err)
+	}
+	e.loads = append(e.loads, loadAverage())
+	e.res.Finished = time.Now()
+	return e.writeResults()
+}
+
+func pgBinDir() string {
+	if d := os.Getenv("OUTBOX_RELAY_PG_BIN"); d != "" {
+		return d
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		d := strings.TrimSpace(string(out))
+		if _, err := os.Stat(filepath.Join(d, "pg_recvlogical")); err == nil {
+			return d
+		}
+	}
+	m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_recvlogical")
+	sort.Strings(m)
+	if len(m) > 0 {
+		return filepath.Dir(m[len(m)-1])
+	}
+	return ""
+}
+
+// shape measures every consumer on one backlog of o.events events.
+func (e *env) shape(ctx context.Context, shape string) error {
+	consumers := []string{"pg_recvlogical", "relay->null", "relay->kafka"}
+	slots := map[string]string{}
+	if _, err := e.admin.Exec(ctx, `TRUNCATE outbox`); err != nil {
+		return err
+	}
+	// Every slot exists before the first insert: each consumer drains the
+	// same WAL.
+	for _, c := range consumers {
+		name := slotName(c, shape)
+		slots[c] = name
+		if _, err := slot.Ensure(ctx, e.admin, slot.Config{Slot: name, Publication: publication, Table: "public.outbox"}); err != nil {
+			return err
+		}
+	}
+	log.Printf("[%s] inserting %d events", shape, e.o.events)
+	start := time.Now()
+	var err error
+	switch shape {
+	case "batch":
+		err = e.insertBatches(ctx, e.o.events)
+	case "single":
+		err = e.insertSingles(ctx, e.o.events, e.o.writers)
+	default:
+		return fmt.Errorf("unknown shape %q (want batch or single)", shape)
+	}
+	if err != nil {
+		return err
+	}
+	took := time.Since(start)
+	e.res.Inserts[shape] = took
+	end, err := e.walEnd(ctx)
+	if err != nil {
+		return err
+	}
+	if e.res.Payload == 0 {
+		_ = e.admin.QueryRow(ctx, `SELECT avg(octet_length(payload::text)) FROM outbox`).Scan(&e.res.Payload)
+	}
+	log.Printf("[%s] inserted %d events in %s (%.0f/s); WAL end %s", shape, e.o.events, took.Round(time.Millisecond), float64(e.o.events)/took.Seconds(), end)
+	// Let the WAL writer and autovacuum settle so the drains start alike.
+	if _, err := e.admin.Exec(ctx, `CHECKPOINT`); err != nil {
+		return err
+	}
+
+	for _, c := range consumers {
+		var r drainResult
+		switch c {
+		case "pg_recvlogical":
+			r = e.drainRecvlogical(ctx, shape, slots[c], end)
+		case "relay->null":
+			r = e.drainRelay(ctx, shape, slots[c], "null", end)
+		case "relay->kafka":
+			r = e.drainRelay(ctx, shape, slots[c], "kafka", end)
+		}
+		e.logDrain(r)
+		e.res.Drains = append(e.res.Drains, r)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if _, err := e.admin.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slots[c]); err != nil {
+			return err
+		}
+	}
+	if shape == "batch" && !e.o.skipPoller {
+		r := e.drainPoller(ctx, shape)
+		e.logDrain(r)
+		e.res.Drains = append(e.res.Drains, r)
+	}
+	return ctx.Err()
+}
+
+func slotName(consumer, shape string) string {
+	r := strings.NewReplacer("->", "_", "pg_", "")
+	return "bench_" + r.Replace(consumer) + "_" + shape
+}
+
+func (e *env) logDrain(r drainResult) {
+	if r.Err != "" {
+		log.Printf("[%s] %s: FAILED: %s", r.Shape, r.Consumer, r.Err)
+		return
+	}
+	log.Printf("[%s] %-15s %8d events in %7s = %8.0f ev/s; cpu %s, rss %d MiB, postgres cpu %s; load %s",
+		r.Shape, r.Consumer, r.Events, r.Wall.Round(time.Millisecond), r.rate(), r.CPU.Round(time.Millisecond), r.RSSKiB/1024, r.PGCPU.Round(time.Millisecond), r.Load)
+}
+
+// walEnd returns the current WAL insert position: every insert so far is
+// before it.
+func (e *env) walEnd(ctx context.Context) (pglogrepl.LSN, error) {
+	var s string
+	if err := e.admin.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text`).Scan(&s); err != nil {
+		return 0, err
+	}
+	return pglogrepl.ParseLSN(s)
+}
+
+// waitConfirmed polls the slot until its confirmed_flush_lsn reaches end,
+// or the consumer exits, or limit passes.
+func (e *env) waitConfirmed(ctx context.Context, slotName string, end pglogrepl.LSN, c *child, limit time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		var s *string
+		if err := e.admin.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slotName).Scan(&s); err != nil {
+			return time.Time{}, err
+		}
+		if s != nil {
+			lsn, err := pglogrepl.ParseLSN(*s)
+			if err != nil {
+				return time.Time{}, err
+			}
+			if lsn >= end {
+				return time.Now(), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("slot %s not confirmed up to %s within %s", slotName, end, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-c.done:
+			return time.Time{}, fmt.Errorf("%s exited before confirming %s: %v", c.name, end, c.err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// drainLimit bounds one drain: generous, so only a hang trips it.
+func (e *env) drainLimit() time.Duration {
+	return 2*time.Minute + time.Duration(e.o.events/2000)*time.Second
+}
+
+func (e *env) drainRecvlogical(ctx context.Context, shape, slotName string, end pglogrepl.LSN) drainResult {
+	r := drainResult{Shape: shape, Consumer: "pg_recvlogical", Events: e.o.events}
+	pgBefore, _ := postgresCPU(e.pg.DataDir())
+	start := time.Now()
+	c, err := startChild("pg_recvlogical", nil, e.logPath("recvlogical-"+shape+".log"), filepath.Join(e.pgBin, "pg_recvlogical"),
+		"-d", e.url, "--slot", slotName, "--start", "--no-loop", "-f", "/dev/null",
+		"--endpos", end.String(), "-o", "proto_version=1", "-o", "publication_names="+publication)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	select {
+	case <-c.done:
+	case <-time.After(e.drainLimit()):
+		c.stop(5 * time.Second)
+		r.Err = "pg_recvlogical did not reach the end position in time"
+		return r
+	case <-ctx.Done():
+		c.stop(5 * time.Second)
+		r.Err = ctx.Err().Error()
+		return r
+	}
+	r.Wall = time.Since(start)
+	r.Load = loadAverage()
+	pgAfter, _ := postgresCPU(e.pg.DataDir())
+	r.PGCPU = pgAfter - pgBefore
+	if c.err != nil {
+		r.Err = fmt.Sprintf("pg_recvlogical: %v (see %s)", c.err, e.logPath("recvlogical-"+shape+".log"))
+	}
+	r.CPU, r.RSSKiB = c.usage()
+	return r
+}
+
+// startRelay starts the relay helper on slotName.
+func (e *env) startRelay(name, slotName, sinkName, brokers string, latency bool, profile string) (*child, error) {
+	stats := e.logPath(name + ".stats.json")
+	os.Remove(stats)
+	args := []string{"relay", "-pg-url", e.url, "-slot", slotName, "-publication", publication, "-sink", sinkName, "-stats", stats}
+	if brokers != "" {
+		args = append(args, "-brokers", brokers)
+	}
+	if latency {
+		args = append(args, "-latency")
+	}
+	if profile != "" {
+		args = append(args, "-cpuprofile", profile)
+	}
+	c, err := startChild(name, nil, e.logPath(name+".log"), e.exe, args...)
+	if err != nil {
+		return nil, err
+	}
+	c.stats = stats
+	return c, nil
+}
+
+func (e *env) drainRelay(ctx context.Context, shape, slotName, sinkName string, end pglogrepl.LSN) drainResult {
+	r := drainResult{Shape: shape, Consumer: "relay->" + sinkName, Events: e.o.events}
+	var brokers string
+	if sinkName == "kafka" {
+		b, err := e.startBroker(ctx)
+		if err != nil {
+			r.Err = err.Error()
+			return r
+		}
+		defer b.stop(10 * time.Second)
+		brokers = b.addr
+	}
+	name := fmt.Sprintf("relay-%s-%s", shape, sinkName)
+	profile := ""
+	if e.o.profile {
+		profile = e.logPath(name + ".pprof")
+	}
+	pgBefore, _ := postgresCPU(e.pg.DataDir())
+	start := time.Now()
+	c, err := e.startRelay(name, slotName, sinkName, brokers, false, profile)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	done, err := e.waitConfirmed(ctx, slotName, end, c, e.drainLimit())
+	r.Load = loadAverage()
+	pgAfter, _ := postgresCPU(e.pg.DataDir())
+	stopErr := c.stop(40 * time.Second)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.Wall = done.Sub(start)
+	r.PGCPU = pgAfter - pgBefore
+	r.CPU, r.RSSKiB = c.usage()
+	st, serr := c.readStats()
+	switch {
+	case stopErr != nil:
+		r.Err = fmt.Sprintf("relay exit: %v (see %s)", stopErr, e.logPath(name+".log"))
+	case serr != nil:
+		r.Err = serr.Error()
+	case st.RunErr != "":
+		r.Err = st.RunErr
+	case st.Acked != int64(e.o.events):
+		r.Err = fmt.Sprintf("relay acknowledged %d events, want %d", st.Acked, e.o.events)
+	}
+	if profile != "" {
+		r.Profile = pprofTop(profile)
+	}
+	return r
+}
+
+// pprofTop renders the top of a CPU profile.
+func pprofTop(profile string) string {
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=30", profile).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("go tool pprof failed: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// drainPoller measures the SKIP LOCKED poller on the backlog left in the
+// table (the relays only read the WAL; the rows are all unprocessed).
+func (e *env) drainPoller(ctx context.Context, shape string) drainResult {
+	r := drainResult{Shape: shape, Consumer: "poller->kafka", Events: e.o.events}
+	// The index a poller needs, created now so the relays' drains ran on
+	// WAL without it.
+	if _, err := e.admin.Exec(ctx, `CREATE INDEX IF NOT EXISTS outbox_unprocessed ON outbox (created_at) WHERE processed_at IS NULL`); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if _, err := e.admin.Exec(ctx, `VACUUM ANALYZE outbox`); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	b, err := e.startBroker(ctx)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	defer b.stop(10 * time.Second)
+	pgBefore, _ := postgresCPU(e.pg.DataDir())
+	start := time.Now()
+	c, err := e.startPoller("poller-"+shape, b.addr, false)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	done, err := e.waitProcessed(ctx, c, e.drainLimit())
+	r.Load = loadAverage()
+	pgAfter, _ := postgresCPU(e.pg.DataDir())
+	stopErr := c.stop(20 * time.Second)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.Wall = done.Sub(start)
+	r.PGCPU = pgAfter - pgBefore
+	r.CPU, r.RSSKiB = c.usage()
+	st, serr := c.readStats()
+	switch {
+	case stopErr != nil:
+		r.Err = fmt.Sprintf("poller exit: %v", stopErr)
+	case serr != nil:
+		r.Err = serr.Error()
+	case st.RunErr != "":
+		r.Err = st.RunErr
+	case st.Acked != int64(e.o.events):
+		r.Err = fmt.Sprintf("poller published %d events, want %d", st.Acked, e.o.events)
+	}
+	return r
+}
+
+func (e *env) startPoller(name, brokers string, latency bool) (*child, error) {
+	stats := e.logPath(name + ".stats.json")
+	os.Remove(stats)
+	args := []string{"poller", "-pg-url", e.url, "-brokers", brokers, "-stats", stats}
+	if latency {
+		args = append(args, "-latency")
+	}
+	c, err := startChild(name, nil, e.logPath(name+".log"), e.exe, args...)
+	if err != nil {
+		return nil, err
+	}
+	c.stats = stats
+	return c, nil
+}
+
+// waitProcessed polls until no row is left unprocessed.
+func (e *env) waitProcessed(ctx context.Context, c *child, limit time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		var left bool
+		if err := e.admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM outbox WHERE processed_at IS NULL)`).Scan(&left); err != nil {
+			return time.Time{}, err
+		}
+		if !left {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("rows still unprocessed after %s", limit)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-c.done:
+			return time.Time{}, fmt.Errorf("%s exited early: %v", c.name, c.err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// live measures commit-to-ack latency at a fixed write rate: the relay to
+// the broker, then the poller to the broker, each alone.
+func (e *env) live(ctx context.Context) error {
+	for _, consumer := range []string{"relay->kafka", "poller->kafka"} {
+		if consumer == "poller->kafka" && e.o.skipPoller {
+			continue
+		}
+		r := e.liveRun(ctx, consumer)
+		if r.Err != "" {
+			log.Printf("[live] %s: FAILED: %s", consumer, r.Err)
+		} else {
+			log.Printf("[live] %-14s %d events at %.0f/s (delivered %s after the writers stopped): insert-to-ack p50 %s p95 %s p99 %s max %s; commit-to-ack p50 %s p99 %s; load %s",
+				consumer, r.Events, r.Achieved, r.Tail.Round(time.Millisecond), ms(r.CreateToAck.P50), ms(r.CreateToAck.P95), ms(r.CreateToAck.P99), ms(r.CreateToAck.Max),
+				ms(r.CommitToAck.P50), ms(r.CommitToAck.P99), r.Load)
+		}
+		e.res.Live = append(e.res.Live, r)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
+	r := liveResult{Consumer: consumer, TargetRate: e.o.rate}
+	if _, err := e.admin.Exec(ctx, `TRUNCATE outbox`); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	b, err := e.startBroker(ctx)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	defer b.stop(10 * time.Second)
+	const liveSlot = "bench_live"
+	var c *child
+	if consumer == "relay->kafka" {
+		if _, err := slot.Ensure(ctx, e.admin, slot.Config{Slot: liveSlot, Publication: publication, Table: "public.outbox"}); err != nil {
+			r.Err = err.Error()
+			return r
+		}
+		defer e.admin.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, liveSlot)
+		c, err = e.startRelay("relay-live", liveSlot, "kafka", b.addr, true, "")
+	} else {
+		c, err = e.startPoller("poller-live", b.addr, true)
+	}
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	defer c.stop(40 * time.Second)
+	// One warm-up event, delivered before the clock runs: the consumer is
+	// connected, streaming (or polling) and has a producer with metadata.
+	if _, err := e.admin.Exec(ctx, singleInsert, "order-0", `{"warm_up": true}`); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if consumer == "relay->kafka" {
+		end, err := e.walEnd(ctx)
+		if err == nil {
+			_, err = e.waitConfirmed(ctx, liveSlot, end, c, time.Minute)
+		}
+		if err != nil {
+			r.Err = "warm-up: " + err.Error()
+			return r
+		}
+	} else if _, err := e.waitProcessed(ctx, c, time.Minute); err != nil {
+		r.Err = "warm-up: " + err.Error()
+		return r
+	}
+	pgBefore, _ := postgresCPU(e.pg.DataDir())
+	n, took, err := e.writeAtRate(ctx, e.o.rate, e.o.writers, e.o.liveDuration)
+	r.Load = loadAverage()
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.Events, r.Achieved = n, float64(n)/took.Seconds()
+	writersDone := time.Now()
+	if consumer == "relay->kafka" {
+		end, err := e.walEnd(ctx)
+		if err == nil {
+			_, err = e.waitConfirmed(ctx, liveSlot, end, c, time.Minute)
+		}
+		if err != nil {
+			r.Err = err.Error()
+			return r
+		}
+	} else if _, err := e.waitProcessed(ctx, c, time.Minute); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.Tail = time.Since(writersDone)
+	pgAfter, _ := postgresCPU(e.pg.DataDir())
+	r.PGCPU = pgAfter - pgBefore
+	if err := c.stop(40 * time.Second); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.CPU, r.RSSKiB = c.usage()
+	st, err := c.readStats()
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if st.Acked != int64(n)+1 {
+		r.Err = fmt.Sprintf("%d events acknowledged, %d written (and one warm-up)", st.Acked, n)
+	}
+	// The first sample is the warm-up event's.
+	r.CreateToAck = percentilesOf(dropFirst(st.CreateToAck))
+	r.CommitToAck = percentilesOf(dropFirst(st.CommitToAck))
+	return r
+}
+
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+}
+
+func dropFirst(s []int64) []int64 {
+	if len(s) == 0 {
+		return s
+	}
+	return s[1:]
+}
