@@ -18,8 +18,10 @@ lint:
 build:
 	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
 
-demo:
-	$(GO) run ./cmd/outbox-relay demo
+# Built first, so Ctrl-C reaches the relay itself (not `go run`), which
+# cleans up and exits 0. DEMO_FLAGS, e.g. --duration 30s --rate 500.
+demo: build
+	./bin/outbox-relay demo $(DEMO_FLAGS)
 
 # The end-to-end benchmark (issue 6): private PostgreSQL, kfake broker and the
 # relay in separate processes; writes bench/results/RESULTS.md and chart.png.
