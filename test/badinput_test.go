@@ -1,7 +1,6 @@
 package test
 
 import (
-	"context"
 	"net"
 	"net/url"
 	"os"
@@ -185,12 +184,7 @@ func TestBrokerUnreachableAtStartConfirmsNothingThenDelivers(t *testing.T) {
 	}
 
 	kafkatest.NewCluster(t, kfake.Ports(port))
-	readCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if _, err := kafkatest.ReadN(readCtx, []string{broker}, topics, sc.total()); err != nil {
-		t.Fatalf("reading after the broker came up: %v", err)
-	}
-	recs, _ := kafkatest.ReadAll(ctx, []string{broker}, topics, 2*time.Second)
+	recs := sc.readBack(t, []string{broker})
 	res := sc.check(t, recs)
 	if len(res.duplicates) != 0 {
 		t.Fatalf("%d duplicates: nothing was published before the broker came up, so none are expected", len(res.duplicates))
@@ -240,12 +234,7 @@ func TestBrokerOutageBeyondRetriesResumesFromSlot(t *testing.T) {
 
 	// Back on the same port with the same data.
 	kafkatest.NewCluster(t, append(opts, kfake.DefaultNumPartitions(4))...)
-	readCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if _, err := kafkatest.ReadN(readCtx, []string{broker}, topics, sc.total()); err != nil {
-		t.Fatalf("reading after the broker came back: %v", err)
-	}
-	recs, _ := kafkatest.ReadAll(ctx, []string{broker}, topics, 2*time.Second)
+	recs := sc.readBack(t, []string{broker})
 	res := sc.check(t, recs)
 	t.Logf("outage: %d events, %d records, %d repeats after the reconnect", sc.total(), res.delivered, len(res.duplicates))
 }

@@ -255,12 +255,7 @@ func TestGracefulStopThenRestartSendsNoDuplicates(t *testing.T) {
 	if err := <-writeErr; err != nil {
 		t.Fatalf("writing: %v", err)
 	}
-	readCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if _, err := kafkatest.ReadN(readCtx, cluster.ListenAddrs(), topics, sc.total()); err != nil {
-		t.Fatalf("reading: %v", err)
-	}
-	recs, _ := kafkatest.ReadAll(ctx, cluster.ListenAddrs(), topics, 2*time.Second)
+	recs := sc.readBack(t, cluster.ListenAddrs())
 	res := sc.check(t, recs)
 	if len(res.duplicates) != 0 {
 		t.Fatalf("graceful stop then restart sent %d duplicates, e.g. %s", len(res.duplicates), res.duplicates[0])
@@ -292,12 +287,7 @@ func TestProduceErrorsAreRetriedInOrder(t *testing.T) {
 	if err := sc.writeConcurrently(ctx, 4, 4000, 20, nil); err != nil {
 		t.Fatalf("writing: %v", err)
 	}
-	readCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if _, err := kafkatest.ReadN(readCtx, cluster.ListenAddrs(), topics, sc.total()); err != nil {
-		t.Fatalf("reading: %v", err)
-	}
-	recs, _ := kafkatest.ReadAll(ctx, cluster.ListenAddrs(), topics, 2*time.Second)
+	recs := sc.readBack(t, cluster.ListenAddrs())
 	res := sc.check(t, recs)
 	watch.check(t, sc, recs)
 	if n.Load() < 3 {
@@ -359,12 +349,7 @@ func TestStalledBrokerKeepsWalsenderAlive(t *testing.T) {
 	}
 	close(release)
 
-	readCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if _, err := kafkatest.ReadN(readCtx, cluster.ListenAddrs(), topics, sc.total()); err != nil {
-		t.Fatalf("reading: %v", err)
-	}
-	recs, _ := kafkatest.ReadAll(ctx, cluster.ListenAddrs(), topics, 2*time.Second)
+	recs := sc.readBack(t, cluster.ListenAddrs())
 	res := sc.check(t, recs)
 	if len(res.duplicates) != 0 {
 		t.Fatalf("stall caused %d duplicates: the session restarted", len(res.duplicates))

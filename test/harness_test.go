@@ -631,3 +631,17 @@ func (w *confirmWatcher) check(t *testing.T, sc *scenario, recs []kafkatest.Reco
 	}
 	return checked
 }
+
+// readBack reads every record the scenario committed from the broker, with
+// a deadline, then whatever else arrives until the topics are quiet, so the
+// result includes any repeats.
+func (s *scenario) readBack(t *testing.T, brokers []string) []kafkatest.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	if _, err := kafkatest.ReadN(ctx, brokers, topics, s.total()); err != nil {
+		t.Fatalf("reading %d records back: %v", s.total(), err)
+	}
+	recs, _ := kafkatest.ReadAll(t.Context(), brokers, topics, 2*time.Second)
+	return recs
+}
