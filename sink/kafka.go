@@ -17,6 +17,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,9 +73,22 @@ const (
 	DefaultMaxInFlight    = 10000
 	DefaultFlushBytes     = 1 << 20
 	DefaultFlushFrequency = time.Millisecond
-	DefaultRetryMax       = 10
-	DefaultRetryBackoff   = 250 * time.Millisecond
-	DefaultDialTimeout    = 10 * time.Second
+	// DefaultRetryMax keeps retrying a retriable error (leader moved,
+	// broker down) for hours (2,000 retries, backoff capped at 5s: about
+	// 2.8 hours) rather than giving up: giving up on one record while
+	// later ones of its partition are in flight could let them land first
+	// and break per-key order. Meanwhile the in-flight cap blocks the
+	// pipeline (backpressure). sarama keeps per-partition retry state
+	// sized by this number, so it must stay modest. Errors about the
+	// record itself are not retried.
+	DefaultRetryMax     = 2000
+	DefaultRetryBackoff = 250 * time.Millisecond
+	// DefaultMaxRetryBackoff caps the exponential backoff between retries.
+	DefaultMaxRetryBackoff = 5 * time.Second
+	// DefaultStallWarning is how long in-flight records may go without an
+	// acknowledgement before the sink logs that Kafka is not answering.
+	DefaultStallWarning = 10 * time.Second
+	DefaultDialTimeout  = 10 * time.Second
 )
 
 // KafkaConfig configures a Kafka sink. Zero values take the defaults above.
@@ -103,10 +117,14 @@ type KafkaConfig struct {
 	// Compression is none (default), gzip, snappy, lz4 or zstd (zstd needs
 	// Version 2.1.0 or later).
 	Compression string
-	// RetryMax and RetryBackoff are the producer's retry budget for a record
-	// before its error reaches the ack. Defaults 10 and 250ms.
+	// RetryMax is the producer's retry budget for a record before its
+	// error reaches the ack; default about 2.8 hours (see DefaultRetryMax).
+	// RetryBackoff is the first backoff, doubling up to 5s; default 250ms.
 	RetryMax     int
 	RetryBackoff time.Duration
+	// StallWarning is how long in-flight records may go unacknowledged
+	// before a warning is logged (and again when acks resume). Default 10s.
+	StallWarning time.Duration
 	// DialTimeout bounds connecting to one broker, TLS handshake
 	// included. Default 10s.
 	DialTimeout time.Duration
@@ -149,6 +167,9 @@ func (c KafkaConfig) withDefaults() KafkaConfig {
 	}
 	if c.RetryMax == 0 {
 		c.RetryMax = DefaultRetryMax
+	}
+	if c.StallWarning == 0 {
+		c.StallWarning = DefaultStallWarning
 	}
 	if c.RetryBackoff == 0 {
 		c.RetryBackoff = DefaultRetryBackoff
@@ -266,6 +287,10 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 	sc.Producer.Flush.Frequency = c.FlushFrequency
 	sc.Producer.Retry.Max = c.RetryMax
 	sc.Producer.Retry.Backoff = c.RetryBackoff
+	first := c.RetryBackoff
+	sc.Producer.Retry.BackoffFunc = func(retries, _ int) time.Duration {
+		return min(first<<min(retries, 8), DefaultMaxRetryBackoff)
+	}
 	if err := sc.Validate(); err != nil {
 		return nil, fmt.Errorf("kafka producer configuration: %w", err)
 	}
@@ -295,6 +320,11 @@ type Kafka struct {
 
 	ackDone   chan struct{}
 	closeOnce sync.Once
+
+	// lastProgress is when the broker last acknowledged a record, or when
+	// a record was published with nothing in flight (unix nanoseconds).
+	lastProgress atomic.Int64
+	stallWarning time.Duration
 }
 
 // NewKafka connects to the brokers and starts the producer and its ack
@@ -331,7 +361,10 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		closing:  make(chan struct{}),
 		ackDone:  make(chan struct{}),
 	}
+	k.stallWarning = cfg.StallWarning
+	k.lastProgress.Store(time.Now().UnixNano())
 	go k.acks()
+	go k.watchStalls()
 	k.log.Info("connected to Kafka", "brokers", brokers, "client_id", cfg.ClientID, "version", cfg.Version, "max_in_flight", cfg.MaxInFlight,
 		"compression", cfg.Compression, "tls", cfg.TLS.Enabled(), "sasl", cfg.SASL)
 	return k, nil
@@ -427,6 +460,10 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 			return ErrClosed
 		}
 	}
+	if len(k.slots) == 1 {
+		// Nothing else in flight: a stall is measured from now.
+		k.lastProgress.Store(time.Now().UnixNano())
+	}
 	msg := newRecord(ev, ack)
 	k.mu.RLock()
 	defer k.mu.RUnlock()
@@ -480,6 +517,7 @@ func (k *Kafka) acks() {
 				continue
 			}
 			msg.Metadata.(*record).done(nil)
+			k.lastProgress.Store(time.Now().UnixNano())
 		case pe, ok := <-errs:
 			if !ok {
 				errs = nil
@@ -488,6 +526,33 @@ func (k *Kafka) acks() {
 			pe.Msg.Metadata.(*record).done(produceError(pe))
 		}
 		<-k.slots
+	}
+}
+
+// watchStalls logs once when in-flight records have gone unacknowledged
+// for StallWarning (the broker is down or unreachable: the producer keeps
+// retrying and the pipeline is paused), and once when acks resume.
+func (k *Kafka) watchStalls() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	stalled := false
+	for {
+		select {
+		case <-k.ackDone:
+			return
+		case <-tick.C:
+		}
+		inFlight := len(k.slots)
+		since := time.Since(time.Unix(0, k.lastProgress.Load()))
+		switch {
+		case !stalled && inFlight > 0 && since >= k.stallWarning:
+			stalled = true
+			k.log.Warn("Kafka has acknowledged nothing; the producer keeps retrying and reading WAL is paused until it does",
+				"brokers", k.brokers, "in_flight", inFlight, "for", since.Round(time.Second))
+		case stalled && since < k.stallWarning:
+			stalled = false
+			k.log.Info("Kafka is acknowledging again", "brokers", k.brokers)
+		}
 	}
 }
 

@@ -7,11 +7,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outbox-relay/outbox-relay/test/kafkatest"
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
@@ -191,50 +193,62 @@ func TestBrokerUnreachableAtStartConfirmsNothingThenDelivers(t *testing.T) {
 	}
 }
 
-// A broker that is down for longer than the producer's retry budget ends
-// the session; the relay reports it and keeps retrying, and once the broker
-// is back (same port, same data) the next session resumes from the slot:
-// nothing is lost, per-aggregate order holds after dropping repeats.
-func TestBrokerOutageBeyondRetriesResumesFromSlot(t *testing.T) {
+// A broker that refuses every record for longer than a short retry budget
+// would last (every produce answered NOT_LEADER_OR_FOLLOWER for 15s) pauses
+// the relay: the producer keeps retrying, reading WAL stops at the in-flight
+// cap, the stall is logged, and nothing is confirmed past what the broker
+// acknowledged. When the broker recovers everything arrives, in order.
+func TestBrokerOutagePausesTheRelayAndLosesNothing(t *testing.T) {
 	ctx := t.Context()
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 20)
-	port := freePort(t)
-	broker := "127.0.0.1:" + strconv.Itoa(port)
-	data := t.TempDir()
-	opts := []kfake.Opt{kfake.Ports(port), kfake.DataDir(data), kfake.SyncWrites()}
-	cluster, err := kfake.NewCluster(append(opts, kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(4))...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster := kafkatest.NewCluster(t)
+	brokers := cluster.ListenAddrs()
+	var down atomic.Bool
+	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		if !down.Load() {
+			return nil, nil, false
+		}
+		return produceError(req, 6 /* NOT_LEADER_OR_FOLLOWER */), nil, true
+	})
 
-	p := startRelay(t, "--pg-url", db.URL, "--kafka-brokers", broker, "--slot", "outage", "--publication", "outage")
+	p := startRelay(t, "--pg-url", db.URL, "--kafka-brokers", brokers[0], "--slot", "outage", "--publication", "outage")
 	waitSlotActive(t, db, "outage")
+	watch := watchConfirmed(t, db, "outage", brokers)
 	if err := sc.writeConcurrently(ctx, 2, 500, 10, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kafkatest.ReadN(ctx, []string{broker}, topics, sc.total()); err != nil {
-		t.Fatal(err)
-	}
-	cluster.Close()
+	sc.readBack(t, brokers)
+
+	down.Store(true)
+	outage := time.Now()
 	if err := sc.writeConcurrently(ctx, 2, 500, 10, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 90*time.Second, "the relay to report the outage and retry", func() (bool, error) {
-		return strings.Contains(p.out.String(), "reconnecting"), nil
+	waitFor(t, 60*time.Second, "the relay to report that Kafka acknowledges nothing", func() (bool, error) {
+		return strings.Contains(p.out.String(), "Kafka has acknowledged nothing"), nil
 	})
 	confirmed, err := slotConfirmed(ctx, db, "outage")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n := len(sc.confirmedBefore(confirmed)); n >= sc.total() {
-		t.Fatalf("slot confirmed everything (%s) while the broker was down", confirmed)
+		t.Fatalf("slot confirmed everything (%s) while the broker refused every record", confirmed)
 	}
+	// The fault itself lasts 15s, far past the producer's first retries.
+	<-time.After(time.Until(outage.Add(15 * time.Second)))
+	down.Store(false)
 
-	// Back on the same port with the same data.
-	kafkatest.NewCluster(t, append(opts, kfake.DefaultNumPartitions(4))...)
-	recs := sc.readBack(t, []string{broker})
+	recs := sc.readBack(t, brokers)
 	res := sc.check(t, recs)
-	t.Logf("outage: %d events, %d records, %d repeats after the reconnect", sc.total(), res.delivered, len(res.duplicates))
+	watch.check(t, sc, recs)
+	waitFor(t, 30*time.Second, "the relay to report Kafka acknowledging again", func() (bool, error) {
+		return strings.Contains(p.out.String(), "Kafka is acknowledging again"), nil
+	})
+	if strings.Contains(p.out.String(), "reconnecting") {
+		t.Fatalf("the session restarted during the outage: retriable errors must be retried, not end the stream")
+	}
+	t.Logf("outage: %d events, %d records, %d repeats, outage %s", sc.total(), res.delivered, len(res.duplicates), time.Since(outage).Round(time.Second))
 }
