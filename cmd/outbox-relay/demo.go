@@ -245,7 +245,7 @@ func printDemoLine(ctx context.Context, w io.Writer, conn *pgx.Conn, slotName st
 	_ = conn.QueryRow(qctx, `select confirmed_flush_lsn, pg_current_wal_lsn() - confirmed_flush_lsn
 		from pg_replication_slots where slot_name = $1`, slotName).Scan(&confirmed, &lag)
 	line := fmt.Sprintf("written %7d  delivered %7d  latency p50 %6s p99 %6s  confirmed %-12s slot lag %s",
-		written, delivered, fmtLatency(p50), fmtLatency(p99), confirmed, humanBytes(lag))
+		written, delivered, fmtLatency(p50), fmtLatency(p99), confirmed, walBytes(lag))
 	if isTerminal(w) {
 		fmt.Fprintf(w, "\r%s\033[K", line)
 	} else {
@@ -367,18 +367,4 @@ func consumeDemo(ctx context.Context, brokers []string, st *demoStats) error {
 		st.latencies = append(st.latencies, lats...)
 		st.mu.Unlock()
 	}
-}
-
-// humanBytes prints a byte count in binary units.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
