@@ -56,6 +56,7 @@ type Metrics struct {
 	deadLettered        prometheus.Counter
 	transactions        prometheus.Counter
 	heartbeats          prometheus.Counter
+	rowsPruned          prometheus.Counter
 	reconnects          *prometheus.CounterVec
 	latency             prometheus.Histogram
 	streaming, standby  prometheus.Gauge
@@ -124,6 +125,7 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	m.deadLettered = counter("events_dead_lettered_total", "Events sent to the dead-letter destination instead of their topic.")
 	m.transactions = counter("transactions_decoded_total", "Transactions decoded from the WAL (commits).")
 	m.heartbeats = counter("heartbeats_sent_total", "Heartbeat messages written to the WAL to move an idle slot.")
+	m.rowsPruned = counter("rows_pruned_total", "Confirmed outbox rows deleted by --prune-after.")
 	m.reconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "reconnects_total",
 		Help: "Sessions that ended with an error and were restarted, by cause: postgres, replication or sink."},
 		[]string{"cause"})
@@ -149,7 +151,7 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	m.topics.Store(&empty)
 
 	for _, c := range []prometheus.Collector{
-		m.eventsVec, m.bytesVec, m.publishErrors, m.deadLettered, m.transactions, m.heartbeats,
+		m.eventsVec, m.bytesVec, m.publishErrors, m.deadLettered, m.transactions, m.heartbeats, m.rowsPruned,
 		m.reconnects, m.latency, m.streaming, m.standby, m.retained, m.safeWAL, m.walStatus,
 		m.slotPollErrors, buildInfo, newProgressCollector(m),
 	} {
@@ -210,6 +212,9 @@ func (m *Metrics) TransactionDecoded() { m.transactions.Inc() }
 
 // EventDeadLettered counts one event sent to the dead-letter destination.
 func (m *Metrics) EventDeadLettered() { m.deadLettered.Inc() }
+
+// RowsPruned counts confirmed outbox rows deleted by pruning.
+func (m *Metrics) RowsPruned(n int) { m.rowsPruned.Add(float64(n)) }
 
 // HeartbeatSent counts one heartbeat written to the WAL.
 func (m *Metrics) HeartbeatSent() { m.heartbeats.Inc() }

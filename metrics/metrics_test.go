@@ -43,6 +43,7 @@ func exercise(m *Metrics) {
 	m.TransactionDecoded()
 	m.EventDeadLettered()
 	m.HeartbeatSent()
+	m.RowsPruned(3)
 	m.StateChanged(relay.StateReconnecting, relay.CauseSink, errors.New("broker gone"))
 	size := int64(1 << 30)
 	m.ObserveSlot(slot.Info{Name: "s", WALStatus: "reserved", RetainedBytes: 4096, SafeWALSize: &size}, true)
@@ -102,7 +103,7 @@ func TestEveryMetricIsNamespacedAndExistsBeforeUse(t *testing.T) {
 		"outbox_relay_transactions_decoded_total", "outbox_relay_lag_bytes",
 		"outbox_relay_replication_lag_seconds", "outbox_relay_events_in_flight",
 		"outbox_relay_streaming", "outbox_relay_standby", "outbox_relay_build_info",
-		"outbox_relay_end_to_end_latency_seconds",
+		"outbox_relay_end_to_end_latency_seconds", "outbox_relay_rows_pruned_total",
 	} {
 		if !names[want] {
 			t.Errorf("metric %s missing before first use", want)

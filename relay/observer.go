@@ -36,6 +36,9 @@ type Observer interface {
 	// EventDeadLettered is called when a rejected event was delivered to
 	// the dead-letter topic.
 	EventDeadLettered()
+	// RowsPruned is called with the number of confirmed outbox rows each
+	// pruning statement deleted.
+	RowsPruned(n int)
 }
 
 // State is where the relay's session lifecycle stands.
@@ -123,6 +126,7 @@ func (nopObserver) EventAcked(*decoder.Event)         {}
 func (nopObserver) PublishFailed(string)              {}
 func (nopObserver) HeartbeatSent()                    {}
 func (nopObserver) EventDeadLettered()                {}
+func (nopObserver) RowsPruned(int)                    {}
 
 // maxCommits bounds the commit log: beyond it, new transactions are merged
 // into the newest entry, which keeps its older commit time, so the lag is

@@ -80,6 +80,10 @@ type Config struct {
 	// StandbyRetry is how often a standby relay tries to take the slot
 	// over. Default 2s.
 	StandbyRetry time.Duration
+	// PruneAfter, if positive, makes the relay delete outbox rows older
+	// than this (by the created_at column) once it has confirmed the
+	// transactions that inserted them. 0 leaves the table alone.
+	PruneAfter time.Duration
 }
 
 // What to do with an event the broker rejects for good.
@@ -101,6 +105,9 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatInterval < 0 || c.StandbyRetry < 0 {
 		return errors.New("heartbeat interval and standby retry must not be negative")
+	}
+	if c.PruneAfter < 0 {
+		return fmt.Errorf("prune-after %s is negative (0 turns pruning off)", c.PruneAfter)
 	}
 	switch c.OnError {
 	case "", OnErrorStop:
@@ -373,6 +380,24 @@ func (r *Relay) session(ctx context.Context) error {
 		defer bg.Done()
 		hb.run(bgCtx)
 	}()
+	if r.cfg.PruneAfter > 0 {
+		pr := &pruner{
+			connString: r.cfg.ConnString,
+			table:      tableIdent(r.cfg.Slot),
+			idColumn:   columnsOf(r.cfg.Decoder).ID,
+			ageColumn:  columnsOf(r.cfg.Decoder).CreatedAt,
+			after:      r.cfg.PruneAfter,
+			interval:   pruneInterval(r.cfg.PruneAfter),
+			confirmed:  stream.Confirmed,
+			log:        r.log,
+			pruned:     r.obs.RowsPruned,
+		}
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			pr.run(bgCtx)
+		}()
+	}
 	// Batches of up to 256 messages: at most 16 wait, bounding memory.
 	msgs := make(chan []replication.Message, 16)
 	// The reader outlives ctx: it keeps confirming while the publisher
@@ -429,6 +454,15 @@ func (r *Relay) prepare(ctx context.Context) (pglogrepl.LSN, error) {
 
 	if err := slot.Preflight(ctx, conn, r.cfg.Slot); err != nil {
 		return 0, fatal(err)
+	}
+	if r.cfg.PruneAfter > 0 {
+		if err := checkPrune(ctx, conn, r.cfg); err != nil {
+			var problem *slot.Problem
+			if errors.As(err, &problem) {
+				return 0, fatal(err)
+			}
+			return 0, err
+		}
 	}
 	info, ok, err := slot.Get(ctx, conn, r.cfg.Slot.Slot)
 	if err != nil {

@@ -55,6 +55,13 @@ func (c Config) validateNames() error {
 	return nil
 }
 
+// SchemaAndName returns the table's schema and name, raw (unquoted). Call
+// it on a config that passed Validate.
+func (c Config) SchemaAndName() (schema, name string) {
+	schema, name, _ = c.table()
+	return schema, name
+}
+
 // table splits Table into schema and name.
 func (c Config) table() (schema, name string, err error) {
 	if c.Table == "" {

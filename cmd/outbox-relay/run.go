@@ -84,6 +84,8 @@ func coreFlags() []cli.Flag {
 			Usage: "topic for rejected events, with headers outbox-relay-error and outbox-relay-original-topic"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"),
 			Usage: "how long a stop may take to finish the open transaction and drain broker acks"},
+		&cli.DurationFlag{Name: "prune-after", EnvVars: env("PRUNE_AFTER"),
+			Usage: "delete outbox rows older than this (by created_at) once the relay has confirmed them, 1,000 per statement; needs DELETE on the table (0: off, the table is left alone)"},
 	}
 }
 
@@ -139,6 +141,7 @@ func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, error) {
 		ReceiveTimeout:    c.Duration("receive-timeout"),
 		ShutdownTimeout:   c.Duration("shutdown-timeout"),
 		HeartbeatInterval: c.Duration("heartbeat-interval"),
+		PruneAfter:        c.Duration("prune-after"),
 		DeadLetterTopic:   c.String("dead-letter-topic"),
 		Logger:            log,
 	}
