@@ -90,6 +90,8 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		asUser = "postgres"
 	}
 
+	sweepOnce.Do(func() { sweepOrphans(binDir, asUser, logf) })
+
 	port := opts.Port
 	if port != 0 {
 		if err := checkPortFree(port); err != nil {
@@ -132,6 +134,9 @@ func (s *Server) start(ctx context.Context, settings map[string]string) error {
 	s.dir = dir
 	s.dataDir = filepath.Join(dir, "data")
 	s.logFile = filepath.Join(dir, "postgres.log")
+	if err := writeOwner(dir); err != nil {
+		return fmt.Errorf("writing %s: %w", filepath.Join(dir, ownerFile), err)
+	}
 
 	if s.asUser != "" {
 		if err := chownTo(dir, s.asUser); err != nil {
