@@ -33,8 +33,12 @@ const (
 // transaction committed, and a commit record is in the WAL before the
 // transaction becomes visible, so every one of those transactions ends at
 // or before that LSN. The ids are deleted only after the relay's confirmed
-// position (what it reported to PostgreSQL, everything the broker
-// acknowledged before it) reached the LSN. A transaction that started
+// position reached the LSN: the checkpoint's safe position, up to which
+// the broker acknowledged every event, which is what the next status
+// update reports to PostgreSQL. Waiting for the status update itself would
+// add up to a status interval per round and let a busy outbox outgrow
+// pruning; it would add no safety, since a row's event is read from the
+// WAL, which the slot keeps until then, not from the row. A transaction that started
 // long ago and commits late is simply not in the snapshot; it is picked up
 // by a later one. Holding the ids instead of the snapshot keeps no
 // transaction open while waiting, so pruning never holds back VACUUM.

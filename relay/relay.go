@@ -388,7 +388,7 @@ func (r *Relay) session(ctx context.Context) error {
 			ageColumn:  columnsOf(r.cfg.Decoder).CreatedAt,
 			after:      r.cfg.PruneAfter,
 			interval:   pruneInterval(r.cfg.PruneAfter),
-			confirmed:  stream.Confirmed,
+			confirmed:  tracker.Safe,
 			log:        r.log,
 			pruned:     r.obs.RowsPruned,
 		}
