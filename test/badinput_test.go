@@ -193,6 +193,22 @@ func TestBrokerUnreachableAtStartConfirmsNothingThenDelivers(t *testing.T) {
 	}
 }
 
+// refusingCluster starts a broker that answers every produce request with
+// NOT_LEADER_OR_FOLLOWER (retriable: the producer keeps trying) while the
+// returned flag is set.
+func refusingCluster(t *testing.T) (*kfake.Cluster, *atomic.Bool) {
+	cluster := kafkatest.NewCluster(t)
+	down := &atomic.Bool{}
+	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		if !down.Load() {
+			return nil, nil, false
+		}
+		return produceError(req, 6 /* NOT_LEADER_OR_FOLLOWER */), nil, true
+	})
+	return cluster, down
+}
+
 // A broker that refuses every record for longer than a short retry budget
 // would last (every produce answered NOT_LEADER_OR_FOLLOWER for 15s) pauses
 // the relay: the producer keeps retrying, reading WAL stops at the in-flight
@@ -203,16 +219,8 @@ func TestBrokerOutagePausesTheRelayAndLosesNothing(t *testing.T) {
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 20)
-	cluster := kafkatest.NewCluster(t)
+	cluster, down := refusingCluster(t)
 	brokers := cluster.ListenAddrs()
-	var down atomic.Bool
-	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		cluster.KeepControl()
-		if !down.Load() {
-			return nil, nil, false
-		}
-		return produceError(req, 6 /* NOT_LEADER_OR_FOLLOWER */), nil, true
-	})
 
 	p := startRelay(t, "--pg-url", db.URL, "--kafka-brokers", brokers[0], "--slot", "outage", "--publication", "outage")
 	waitSlotActive(t, db, "outage")

@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outbox-relay/outbox-relay/test/kafkatest"
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
@@ -38,16 +36,8 @@ func TestPruneDeletesOnlyConfirmedRows(t *testing.T) {
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 20)
-	cluster := kafkatest.NewCluster(t)
+	cluster, down := refusingCluster(t)
 	brokers := cluster.ListenAddrs()
-	var down atomic.Bool
-	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		cluster.KeepControl()
-		if !down.Load() {
-			return nil, nil, false
-		}
-		return produceError(req, 6 /* NOT_LEADER_OR_FOLLOWER */), nil, true
-	})
 
 	p := startRelay(t, "--pg-url", db.URL, "--kafka-brokers", brokers[0], "--slot", "prune", "--publication", "prune",
 		"--prune-after", "1s")
