@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"runtime/trace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,15 +33,6 @@ type relayStats struct {
 	// row's created_at (now() of the inserting transaction).
 	CommitToAck []int64 `json:"commit_to_ack_us,omitempty"`
 	CreateToAck []int64 `json:"create_to_ack_us,omitempty"`
-	// The split of CommitToAck at the moment the relay's replication
-	// reader received the event's message: PostgreSQL's share (commit to
-	// received) and the relay's (received to ack). The raw reader records
-	// only CommitToReceive, for commit messages.
-	CommitToReceive []int64 `json:"commit_to_receive_us,omitempty"`
-	ReceiveToAck    []int64 `json:"receive_to_ack_us,omitempty"`
-	// PublishToAck is the part of ReceiveToAck after the pipeline handed
-	// the event to the sink: the producer and the broker.
-	PublishToAck []int64 `json:"publish_to_ack_us,omitempty"`
 }
 
 // nullPublisher acknowledges every event at once: what is left is
@@ -68,20 +58,13 @@ type relayCounters struct {
 	firstAck atomic.Int64
 	lastAck  atomic.Int64
 
-	mu              sync.Mutex
-	commitToAck     []int64
-	createToAck     []int64
-	commitToReceive []int64
-	receiveToAck    []int64
-	publishToAck    []int64
+	mu          sync.Mutex
+	commitToAck []int64
+	createToAck []int64
 }
 
 func (p *countingPublisher) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
-	commit, created, received := ev.CommitTime, ev.CreatedAt, ev.ReceivedAt
-	var published time.Time
-	if p.latency {
-		published = time.Now()
-	}
+	commit, created := ev.CommitTime, ev.CreatedAt
 	return p.inner.Publish(ctx, ev, func(err error) {
 		if err == nil {
 			now := time.Now()
@@ -93,9 +76,6 @@ func (p *countingPublisher) Publish(ctx context.Context, ev *decoder.Event, ack 
 				p.st.mu.Lock()
 				p.st.commitToAck = append(p.st.commitToAck, now.Sub(commit).Microseconds())
 				p.st.createToAck = append(p.st.createToAck, now.Sub(created).Microseconds())
-				p.st.commitToReceive = append(p.st.commitToReceive, received.Sub(commit).Microseconds())
-				p.st.receiveToAck = append(p.st.receiveToAck, now.Sub(received).Microseconds())
-				p.st.publishToAck = append(p.st.publishToAck, now.Sub(published).Microseconds())
 				p.st.mu.Unlock()
 			}
 		}
@@ -116,10 +96,7 @@ func relayMain(args []string) error {
 	brokers := fs.String("brokers", "", "Kafka brokers for --sink kafka")
 	statsFile := fs.String("stats", "", "write stats JSON here on exit")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here")
-	traceFile := fs.String("trace", "", "write a runtime/trace execution trace here")
-	messagePrefix := fs.String("message-prefix", "", "decode transactional logical messages with this prefix as events (message mode)")
 	latency := fs.Bool("latency", false, "record per-event latencies")
-	linger := fs.Duration("kafka-linger", 0, "the Kafka sink's FlushFrequency (0: the sink's default)")
 	statusInterval := fs.Duration("status-interval", 100*time.Millisecond, "status update interval")
 	verbose := fs.Bool("v", false, "log at info level to stderr")
 	fs.Parse(args)
@@ -137,19 +114,6 @@ func relayMain(args []string) error {
 			f.Close()
 		}()
 	}
-	if *traceFile != "" {
-		f, err := os.Create(*traceFile)
-		if err != nil {
-			return err
-		}
-		if err := trace.Start(f); err != nil {
-			return err
-		}
-		defer func() {
-			trace.Stop()
-			f.Close()
-		}()
-	}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
@@ -164,7 +128,7 @@ func relayMain(args []string) error {
 			return &countingPublisher{inner: nullPublisher{}, st: counters, latency: *latency}, nil
 		}
 	case "kafka":
-		kcfg := sink.KafkaConfig{Brokers: strings.Split(*brokers, ","), ClientID: "outbox-relay-bench", FlushFrequency: *linger, Logger: logger}
+		kcfg := sink.KafkaConfig{Brokers: strings.Split(*brokers, ","), ClientID: "outbox-relay-bench", Logger: logger}
 		newPub = func(context.Context) (relay.Publisher, error) {
 			k, err := sink.NewKafka(kcfg)
 			if err != nil {
@@ -178,7 +142,7 @@ func relayMain(args []string) error {
 	cfg := relay.Config{
 		ConnString: *pgURL,
 		Slot:       slot.Config{Slot: *slotName, Publication: *publication, Table: "public.outbox"},
-		Decoder:    decoder.Config{Table: "public.outbox", Columns: decoder.DefaultColumns(), Topic: decoder.DefaultTopic, MessagePrefix: *messagePrefix},
+		Decoder:    decoder.Config{Table: "public.outbox", Columns: decoder.DefaultColumns(), Topic: decoder.DefaultTopic},
 		// A short status interval only makes the confirmed LSN, which the
 		// orchestrator watches to stop the clock, follow the acks closely.
 		StatusInterval: *statusInterval,
@@ -204,7 +168,6 @@ func relayMain(args []string) error {
 	}
 	counters.mu.Lock()
 	st.CommitToAck, st.CreateToAck = counters.commitToAck, counters.createToAck
-	st.CommitToReceive, st.ReceiveToAck, st.PublishToAck = counters.commitToReceive, counters.receiveToAck, counters.publishToAck
 	counters.mu.Unlock()
 	if *statsFile != "" {
 		b, err := json.Marshal(st)

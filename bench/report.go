@@ -89,19 +89,15 @@ func verdict(ok bool) string {
 // ratios evaluates the targets of issue 6.
 func (e *env) ratios() []ratio {
 	var out []ratio
-	for _, shape := range []string{"batch", "message", "single"} {
+	for _, shape := range []string{"batch", "single"} {
 		ceil, ok := e.drain(shape, "pg_recvlogical")
 		if !ok {
 			continue
 		}
 		if d, ok := e.drain(shape, "relay->null"); ok {
 			x := d.rate() / ceil.rate()
-			target, v := ">= 0.9x", verdict(x >= 0.9)
-			if shape == "message" {
-				target, v = "(no target; for reference)", "-"
-			}
-			out = append(out, ratio{fmt.Sprintf("relay->null %s pg_recvlogical (%s)", target, shapeName(shape)),
-				fmt.Sprintf("%.2fx (%.0f vs %.0f ev/s)", x, d.rate(), ceil.rate()), v})
+			out = append(out, ratio{fmt.Sprintf("relay->null >= 0.9x pg_recvlogical (%s)", shapeName(shape)),
+				fmt.Sprintf("%.2fx (%.0f vs %.0f ev/s)", x, d.rate(), ceil.rate()), verdict(x >= 0.9)})
 		}
 		if d, ok := e.drain(shape, "relay->kafka"); ok {
 			x := d.rate() / ceil.rate()
@@ -153,14 +149,9 @@ func shapeName(s string) string {
 		return "1,000-row txns"
 	case "single":
 		return "single-row txns"
-	case "message":
-		return "1,000-message txns (message mode)"
 	}
 	return s
 }
-
-// shapes are the backlog shapes in report order.
-var shapes = []string{"batch", "message", "single"}
 
 func perMillion(d time.Duration, events int) string {
 	if events == 0 || d == 0 {
@@ -181,10 +172,10 @@ func (e *env) writeResults() error {
 	w("- machine: %d CPUs (`nproc`), %s, %.1f GiB RAM, Linux %s\n", r.Machine.CPUs, r.Machine.Model, r.Machine.MemoryGiB, r.Machine.Kernel)
 	w("- %s; %s\n", r.Machine.Postgres, r.Machine.Go)
 	w("- load average (1/5/15 min) at start, during each measurement, at the end: %s\n", strings.Join(e.loadsSeen(), " | "))
-	w("- %d events per shape, payload %.0f bytes of JSON on average (message mode: %.0f), %d aggregates; single-row writers: %d connections\n",
-		e.o.events, r.Payload, r.MessagePayload, aggregates, e.o.writers)
+	w("- %d events per shape, payload %.0f bytes of JSON on average, %d aggregates; single-row writers: %d connections\n",
+		e.o.events, r.Payload, aggregates, e.o.writers)
 	w("- inserts: ")
-	for _, s := range shapes {
+	for _, s := range []string{"batch", "single"} {
 		if d, ok := r.Inserts[s]; ok {
 			w("%s %s (%.0f ev/s); ", shapeName(s), d.Round(time.Millisecond), float64(e.o.events)/d.Seconds())
 		}
@@ -214,8 +205,6 @@ func (e *env) writeResults() error {
 	w("\nThe poller drains the 1,000-row-transaction backlog left in the table after the slots were drained (with its partial index `(created_at) WHERE processed_at IS NULL` created just before), ")
 	w("in batches of 1,000 (`FOR UPDATE SKIP LOCKED`, marks rows processed, commits after the broker acknowledged the batch; sleeps %s after a batch that was not full).\n\n", pollInterval)
 
-	e.writeModes(w)
-
 	w("## Live latency at a fixed write rate\n\n")
 	w("%d writers insert single-row transactions (synchronous_commit on) on a fixed schedule for %s; each consumer runs alone against a fresh broker. ", e.o.writers, e.o.liveDuration)
 	w("**insert-to-ack** = time the broker acknowledged the record (producer callback in the relay; return of `SendMessages` in the poller) minus the row's `created_at` (`now()` of the inserting transaction, a fraction of a millisecond before its commit). ")
@@ -224,9 +213,6 @@ func (e *env) writeResults() error {
 	w("| consumer | target ev/s | achieved ev/s | events | insert-to-ack p50 | p95 | p99 | max | commit-to-ack p50 | p95 | p99 | tail s | consumer CPU s | Postgres CPU s | load during |\n")
 	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, l := range r.Live {
-		if l.Consumer == "raw reader" && l.Err == "" {
-			continue // in the split table below
-		}
 		if l.Err != "" {
 			w("| %s | %d | failed: %s | | | | | | | | | | | | |\n", l.Consumer, l.TargetRate, strings.ReplaceAll(l.Err, "|", "/"))
 			continue
@@ -241,8 +227,6 @@ func (e *env) writeResults() error {
 			ms(l.CreateToAck.P50), ms(l.CreateToAck.P95), ms(l.CreateToAck.P99), ms(l.CreateToAck.Max),
 			c(l.CommitToAck.P50), c(l.CommitToAck.P95), c(l.CommitToAck.P99), l.Tail.Seconds(), l.CPU.Seconds(), l.PGCPU.Seconds(), l.Load)
 	}
-
-	e.writeSplit(w)
 
 	w("\n## Targets (issue 6)\n\n| target | measured | verdict |\n|---|---|---|\n")
 	for _, x := range e.ratios() {
@@ -271,81 +255,6 @@ func (e *env) writeResults() error {
 	}
 	fmt.Printf("wrote %s and %s\n", filepath.Join(e.o.outDir, "RESULTS.md"), filepath.Join(e.o.outDir, "chart.png"))
 	return nil
-}
-
-// writeModes writes the table mode vs message mode comparison: the same
-// events as rows of the outbox table or as logical decoding messages.
-func (e *env) writeModes(w func(string, ...any)) {
-	r := e.res
-	if _, ok := r.WALBytes["message"]; !ok {
-		return
-	}
-	w("## Table mode vs message mode\n\n")
-	w("The same %d events (same aggregates, payloads shaped alike) written as rows of the outbox table or, in message mode, as transactional logical decoding messages with the relay's envelope (`outbox.Emit`, prefix `%s`; pg_recvlogical with `-o messages=true`, the relay with the message prefix set). ", e.o.events, messagePrefix)
-	w("**WAL bytes/event** = `pg_current_wal_insert_lsn()` after the inserts minus before, divided by the events (table mode includes the primary-key index; autovacuum, if it ran meanwhile, counts too). Events/s as in the drain table above.\n\n")
-	w("| mode | transactions | WAL bytes / event | insert ev/s | pg_recvlogical ev/s | relay->null ev/s | relay->kafka ev/s | relay->kafka x pg_recvlogical |\n")
-	w("|---|---|---:|---:|---:|---:|---:|---:|\n")
-	for _, m := range []struct{ shape, mode, txns string }{
-		{"batch", "table", "1,000 rows"},
-		{"message", "message", "1,000 messages"},
-		{"single", "table", "1 row"},
-	} {
-		wal, ok := r.WALBytes[m.shape]
-		if !ok {
-			continue
-		}
-		rate := func(c string) string {
-			if d, ok := e.drain(m.shape, c); ok {
-				return fmt.Sprintf("%.0f", d.rate())
-			}
-			return "-"
-		}
-		x := "-"
-		if k, ok := e.drain(m.shape, "relay->kafka"); ok {
-			if c, ok := e.drain(m.shape, "pg_recvlogical"); ok {
-				x = fmt.Sprintf("%.2f", k.rate()/c.rate())
-			}
-		}
-		w("| %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n", m.mode, m.txns, float64(wal)/float64(e.o.events),
-			float64(e.o.events)/r.Inserts[m.shape].Seconds(), rate("pg_recvlogical"), rate("relay->null"), rate("relay->kafka"), x)
-	}
-	w("\n")
-}
-
-// writeSplit writes where the live latency goes: PostgreSQL's share
-// (commit to received by the replication reader) and the relay's
-// (received to the broker's ack).
-func (e *env) writeSplit(w func(string, ...any)) {
-	var rows []liveResult
-	for _, l := range e.res.Live {
-		if l.Err == "" && l.CommitToReceive.N > 0 {
-			rows = append(rows, l)
-		}
-	}
-	if len(rows) == 0 {
-		return
-	}
-	w("\n### Where the live latency goes\n\n")
-	w("**commit-to-received** = the time the consumer's replication reader read the message minus the commit timestamp in the WAL: PostgreSQL's share (walsender wake-up and decoding, the socket, scheduling on a busy machine). ")
-	w("The **raw reader** is a bare pglogrepl consumer (what pg_recvlogical does: read, confirm what was received; no decoding, no broker) that timestamps each Commit message, at the same write rate: the floor. ")
-	w("For the relay it is measured at the event's Insert message, read in the same burst as its Commit. **received-to-ack** = broker ack minus that read: the relay's own share (hand-off, decoding, tracking, producer batching and the produce round trip).\n\n")
-	w("| consumer | events | commit-to-received p50 | p95 | p99 | max | received-to-ack p50 | p95 | p99 | max | consumer CPU us / event |\n")
-	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, l := range rows {
-		ra := func(d time.Duration) string {
-			if l.ReceiveToAck.N == 0 {
-				return "-"
-			}
-			return ms(d)
-		}
-		cpu := "-"
-		if l.Events > 0 {
-			cpu = fmt.Sprintf("%.0f", l.CPU.Seconds()*1e6/float64(l.Events))
-		}
-		w("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", l.Consumer, l.CommitToReceive.N,
-			ms(l.CommitToReceive.P50), ms(l.CommitToReceive.P95), ms(l.CommitToReceive.P99), ms(l.CommitToReceive.Max),
-			ra(l.ReceiveToAck.P50), ra(l.ReceiveToAck.P95), ra(l.ReceiveToAck.P99), ra(l.ReceiveToAck.Max), cpu)
-	}
 }
 
 func (e *env) loadsSeen() []string {

@@ -64,16 +64,9 @@ type liveResult struct {
 	Achieved    float64
 	CreateToAck percentiles
 	CommitToAck percentiles // relay only: commit time from the WAL
-	// CommitToReceive (relay and raw reader) and ReceiveToAck (relay)
-	// split the latency where the replication reader received the event.
-	CommitToReceive percentiles
-	ReceiveToAck    percentiles
-	PublishToAck    percentiles // the sink's part of ReceiveToAck
-	CPU             time.Duration
-	RSSKiB          int64
-	PGCPU           time.Duration
-	// WriterCPU is the load generator's CPU time when it is pgbench.
-	WriterCPU time.Duration
+	CPU         time.Duration
+	RSSKiB      int64
+	PGCPU       time.Duration
 	// Tail is how long the consumer took, after the writers stopped, to
 	// deliver the rest: near zero when it kept up with the rate.
 	Tail time.Duration
@@ -108,13 +101,8 @@ type results struct {
 	Machine  machine
 	Payload  float64 // average payload bytes
 	Inserts  map[string]time.Duration
-	// WALBytes is the WAL written by each shape's inserts
-	// (pg_current_wal_insert_lsn after minus before).
-	WALBytes map[string]int64
-	// MessagePayload is the average payload bytes of the message shape.
-	MessagePayload float64
-	Drains         []drainResult
-	Live           []liveResult
+	Drains   []drainResult
+	Live     []liveResult
 }
 
 func run(ctx context.Context, o options) error {
@@ -127,7 +115,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	e := &env{o: o, exe: exe, res: &results{Started: time.Now(), Options: o, Command: "bench " + strings.Join(os.Args[1:], " "), Inserts: map[string]time.Duration{}, WALBytes: map[string]int64{}}}
+	e := &env{o: o, exe: exe, res: &results{Started: time.Now(), Options: o, Command: "bench " + strings.Join(os.Args[1:], " "), Inserts: map[string]time.Duration{}}}
 	e.loads = append(e.loads, loadAverage())
 	log.Printf("load average at start: %s (2 cores: above ~1.5 the numbers are perturbed)", loadAverage())
 
@@ -165,10 +153,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	for _, shape := range strings.Split(o.shapes, ",") {
-		if shape = strings.TrimSpace(shape); shape == "" {
-			continue
-		}
-		if err := e.shape(ctx, shape); err != nil {
+		if err := e.shape(ctx, strings.TrimSpace(shape)); err != nil {
 			return fmt.Errorf("shape %s: %w", shape, err)
 		}
 	}
@@ -215,20 +200,15 @@ func (e *env) shape(ctx context.Context, shape string) error {
 		}
 	}
 	log.Printf("[%s] inserting %d events", shape, e.o.events)
-	walStart, err := e.walEnd(ctx)
-	if err != nil {
-		return err
-	}
 	start := time.Now()
+	var err error
 	switch shape {
 	case "batch":
 		err = e.insertBatches(ctx, e.o.events)
 	case "single":
 		err = e.insertSingles(ctx, e.o.events, e.o.writers)
-	case "message":
-		e.res.MessagePayload, err = e.insertMessages(ctx, e.o.events)
 	default:
-		return fmt.Errorf("unknown shape %q (want batch, message or single)", shape)
+		return fmt.Errorf("unknown shape %q (want batch or single)", shape)
 	}
 	if err != nil {
 		return err
@@ -239,12 +219,10 @@ func (e *env) shape(ctx context.Context, shape string) error {
 	if err != nil {
 		return err
 	}
-	e.res.WALBytes[shape] = int64(end - walStart)
-	if e.res.Payload == 0 && shape != "message" {
+	if e.res.Payload == 0 {
 		_ = e.admin.QueryRow(ctx, `SELECT avg(octet_length(payload::text)) FROM outbox`).Scan(&e.res.Payload)
 	}
-	log.Printf("[%s] inserted %d events in %s (%.0f/s); WAL end %s, %.0f WAL bytes/event", shape, e.o.events, took.Round(time.Millisecond),
-		float64(e.o.events)/took.Seconds(), end, float64(end-walStart)/float64(e.o.events))
+	log.Printf("[%s] inserted %d events in %s (%.0f/s); WAL end %s", shape, e.o.events, took.Round(time.Millisecond), float64(e.o.events)/took.Seconds(), end)
 	// Let the WAL writer and autovacuum settle so the drains start alike.
 	if _, err := e.admin.Exec(ctx, `CHECKPOINT`); err != nil {
 		return err
@@ -260,7 +238,6 @@ func (e *env) shape(ctx context.Context, shape string) error {
 		case "relay->kafka":
 			r = e.drainRelay(ctx, shape, slots[c], "kafka", end)
 		}
-		r.Events = e.o.events
 		e.logDrain(r)
 		e.res.Drains = append(e.res.Drains, r)
 		if ctx.Err() != nil {
@@ -342,13 +319,9 @@ func (e *env) drainRecvlogical(ctx context.Context, shape, slotName string, end 
 	r := drainResult{Shape: shape, Consumer: "pg_recvlogical", Events: e.o.events}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
 	start := time.Now()
-	args := []string{"-d", e.url, "--slot", slotName, "--start", "--no-loop", "-f", "/dev/null",
-		"--endpos", end.String(), "-o", "proto_version=1", "-o", "publication_names=" + publication}
-	if shape == "message" {
-		// pgoutput leaves logical messages out unless asked.
-		args = append(args, "-o", "messages=true")
-	}
-	c, err := startChild("pg_recvlogical", nil, e.logPath("recvlogical-"+shape+".log"), filepath.Join(e.pgBin, "pg_recvlogical"), args...)
+	c, err := startChild("pg_recvlogical", nil, e.logPath("recvlogical-"+shape+".log"), filepath.Join(e.pgBin, "pg_recvlogical"),
+		"-d", e.url, "--slot", slotName, "--start", "--no-loop", "-f", "/dev/null",
+		"--endpos", end.String(), "-o", "proto_version=1", "-o", "publication_names="+publication)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -375,52 +348,26 @@ func (e *env) drainRecvlogical(ctx context.Context, shape, slotName string, end 
 	return r
 }
 
-// relayOpts are the relay helper's optional settings.
-type relayOpts struct {
-	brokers       string
-	latency       bool
-	profile       string // CPU profile file
-	trace         string // runtime/trace file
-	messagePrefix string // message mode
-}
-
 // startRelay starts the relay helper on slotName.
-func (e *env) startRelay(name, slotName, sinkName string, o relayOpts) (*child, error) {
+func (e *env) startRelay(name, slotName, sinkName, brokers string, latency bool, profile string) (*child, error) {
 	stats := e.logPath(name + ".stats.json")
 	os.Remove(stats)
 	args := []string{"relay", "-pg-url", e.url, "-slot", slotName, "-publication", publication, "-sink", sinkName, "-stats", stats}
-	if o.brokers != "" {
-		args = append(args, "-brokers", o.brokers)
+	if brokers != "" {
+		args = append(args, "-brokers", brokers)
 	}
-	if o.latency {
+	if latency {
 		args = append(args, "-latency")
 	}
-	if o.profile != "" {
-		args = append(args, "-cpuprofile", o.profile)
+	if profile != "" {
+		args = append(args, "-cpuprofile", profile)
 	}
-	if o.trace != "" {
-		args = append(args, "-trace", o.trace)
-	}
-	if o.messagePrefix != "" {
-		args = append(args, "-message-prefix", o.messagePrefix)
-	}
-	if e.o.linger > 0 {
-		args = append(args, "-kafka-linger", e.o.linger.String())
-	}
-	c, err := startChildEnv(name, e.consumerEnv(), nil, e.logPath(name+".log"), e.exe, args...)
+	c, err := startChild(name, nil, e.logPath(name+".log"), e.exe, args...)
 	if err != nil {
 		return nil, err
 	}
 	c.stats = stats
 	return c, nil
-}
-
-// consumerEnv is the environment added for the relay and raw reader.
-func (e *env) consumerEnv() []string {
-	if e.o.procs > 0 {
-		return []string{fmt.Sprintf("GOMAXPROCS=%d", e.o.procs)}
-	}
-	return nil
 }
 
 func (e *env) drainRelay(ctx context.Context, shape, slotName, sinkName string, end pglogrepl.LSN) drainResult {
@@ -442,11 +389,7 @@ func (e *env) drainRelay(ctx context.Context, shape, slotName, sinkName string, 
 	}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
 	start := time.Now()
-	ro := relayOpts{brokers: brokers, profile: profile}
-	if shape == "message" {
-		ro.messagePrefix = messagePrefix
-	}
-	c, err := e.startRelay(name, slotName, sinkName, ro)
+	c, err := e.startRelay(name, slotName, sinkName, brokers, false, profile)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -579,38 +522,20 @@ func (e *env) waitProcessed(ctx context.Context, c *child, limit time.Duration) 
 	}
 }
 
-// liveConsumers maps the --live names to consumers, in run order.
-var liveConsumers = []struct{ flag, consumer string }{
-	{"raw", "raw reader"},
-	{"relay", "relay->kafka"},
-	{"poller", "poller->kafka"},
-}
-
-// live measures latency at a fixed write rate: the bare replication
-// reader (the floor), the relay to the broker, then the poller to the
-// broker, each alone.
+// live measures commit-to-ack latency at a fixed write rate: the relay to
+// the broker, then the poller to the broker, each alone.
 func (e *env) live(ctx context.Context) error {
-	want := map[string]bool{}
-	for _, f := range strings.Split(e.o.live, ",") {
-		want[strings.TrimSpace(f)] = true
-	}
-	for _, lc := range liveConsumers {
-		consumer := lc.consumer
-		if !want[lc.flag] || consumer == "poller->kafka" && e.o.skipPoller {
+	for _, consumer := range []string{"relay->kafka", "poller->kafka"} {
+		if consumer == "poller->kafka" && e.o.skipPoller {
 			continue
 		}
 		r := e.liveRun(ctx, consumer)
-		switch {
-		case r.Err != "":
+		if r.Err != "" {
 			log.Printf("[live] %s: FAILED: %s", consumer, r.Err)
-		case consumer == "raw reader":
-			log.Printf("[live] %-14s %d events at %.0f/s (read %s after the writers stopped): commit-to-received p50 %s p95 %s p99 %s max %s; load %s",
-				consumer, r.Events, r.Achieved, r.Tail.Round(time.Millisecond), ms(r.CommitToReceive.P50), ms(r.CommitToReceive.P95), ms(r.CommitToReceive.P99), ms(r.CommitToReceive.Max), r.Load)
-		default:
-			log.Printf("[live] %-14s %d events at %.0f/s (delivered %s after the writers stopped): insert-to-ack p50 %s p95 %s p99 %s max %s; commit-to-ack p50 %s p99 %s; commit-to-received p50 %s p99 %s; received-to-ack p50 %s p99 %s (published-to-ack p50 %s p99 %s); cpu %s; load %s",
+		} else {
+			log.Printf("[live] %-14s %d events at %.0f/s (delivered %s after the writers stopped): insert-to-ack p50 %s p95 %s p99 %s max %s; commit-to-ack p50 %s p99 %s; load %s",
 				consumer, r.Events, r.Achieved, r.Tail.Round(time.Millisecond), ms(r.CreateToAck.P50), ms(r.CreateToAck.P95), ms(r.CreateToAck.P99), ms(r.CreateToAck.Max),
-				ms(r.CommitToAck.P50), ms(r.CommitToAck.P99), ms(r.CommitToReceive.P50), ms(r.CommitToReceive.P99), ms(r.ReceiveToAck.P50), ms(r.ReceiveToAck.P99),
-				ms(r.PublishToAck.P50), ms(r.PublishToAck.P99), r.CPU.Round(time.Millisecond), r.Load)
+				ms(r.CommitToAck.P50), ms(r.CommitToAck.P99), r.Load)
 		}
 		e.res.Live = append(e.res.Live, r)
 		if ctx.Err() != nil {
@@ -626,42 +551,22 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		r.Err = err.Error()
 		return r
 	}
+	b, err := e.startBroker(ctx)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	defer b.stop(10 * time.Second)
 	const liveSlot = "bench_live"
-	usesSlot := consumer != "poller->kafka"
 	var c *child
-	var err error
-	if usesSlot {
+	if consumer == "relay->kafka" {
 		if _, err := slot.Ensure(ctx, e.admin, slot.Config{Slot: liveSlot, Publication: publication, Table: "public.outbox"}); err != nil {
 			r.Err = err.Error()
 			return r
 		}
 		defer e.admin.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, liveSlot)
-	}
-	switch consumer {
-	case "raw reader":
-		c, err = e.startRawReader("rawreader-live", liveSlot)
-	case "relay->kafka":
-		b, berr := e.startBroker(ctx)
-		if berr != nil {
-			r.Err = berr.Error()
-			return r
-		}
-		defer b.stop(10 * time.Second)
-		ro := relayOpts{brokers: b.addr, latency: true}
-		if e.o.liveProfile {
-			ro.profile = e.logPath("relay-live.pprof")
-		}
-		if e.o.liveTrace {
-			ro.trace = e.logPath("relay-live.trace")
-		}
-		c, err = e.startRelay("relay-live", liveSlot, "kafka", ro)
-	default:
-		b, berr := e.startBroker(ctx)
-		if berr != nil {
-			r.Err = berr.Error()
-			return r
-		}
-		defer b.stop(10 * time.Second)
+		c, err = e.startRelay("relay-live", liveSlot, "kafka", b.addr, true, "")
+	} else {
 		c, err = e.startPoller("poller-live", b.addr, true)
 	}
 	if err != nil {
@@ -675,29 +580,21 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		r.Err = err.Error()
 		return r
 	}
-	caughtUp := func() error {
-		if !usesSlot {
-			_, err := e.waitProcessed(ctx, c, time.Minute)
-			return err
-		}
+	if consumer == "relay->kafka" {
 		end, err := e.walEnd(ctx)
 		if err == nil {
 			_, err = e.waitConfirmed(ctx, liveSlot, end, c, time.Minute)
 		}
-		return err
-	}
-	if err := caughtUp(); err != nil {
+		if err != nil {
+			r.Err = "warm-up: " + err.Error()
+			return r
+		}
+	} else if _, err := e.waitProcessed(ctx, c, time.Minute); err != nil {
 		r.Err = "warm-up: " + err.Error()
 		return r
 	}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
-	var n int
-	var took time.Duration
-	if e.o.pgbench {
-		n, took, r.WriterCPU, err = e.pgbenchAtRate(ctx, e.o.rate, e.o.writers, e.o.liveDuration)
-	} else {
-		n, took, err = e.writeAtRate(ctx, e.o.rate, e.o.writers, e.o.liveDuration)
-	}
+	n, took, err := e.writeAtRate(ctx, e.o.rate, e.o.writers, e.o.liveDuration)
 	r.Load = loadAverage()
 	if err != nil {
 		r.Err = err.Error()
@@ -705,7 +602,16 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 	}
 	r.Events, r.Achieved = n, float64(n)/took.Seconds()
 	writersDone := time.Now()
-	if err := caughtUp(); err != nil {
+	if consumer == "relay->kafka" {
+		end, err := e.walEnd(ctx)
+		if err == nil {
+			_, err = e.waitConfirmed(ctx, liveSlot, end, c, time.Minute)
+		}
+		if err != nil {
+			r.Err = err.Error()
+			return r
+		}
+	} else if _, err := e.waitProcessed(ctx, c, time.Minute); err != nil {
 		r.Err = err.Error()
 		return r
 	}
@@ -722,32 +628,13 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		r.Err = err.Error()
 		return r
 	}
-	if st.RunErr != "" {
-		r.Err = st.RunErr
-		return r
-	}
 	if st.Acked != int64(n)+1 {
 		r.Err = fmt.Sprintf("%d events acknowledged, %d written (and one warm-up)", st.Acked, n)
 	}
 	// The first sample is the warm-up event's.
 	r.CreateToAck = percentilesOf(dropFirst(st.CreateToAck))
 	r.CommitToAck = percentilesOf(dropFirst(st.CommitToAck))
-	r.CommitToReceive = percentilesOf(dropFirst(st.CommitToReceive))
-	r.ReceiveToAck = percentilesOf(dropFirst(st.ReceiveToAck))
-	r.PublishToAck = percentilesOf(dropFirst(st.PublishToAck))
 	return r
-}
-
-// startRawReader starts the bare replication reader on slotName.
-func (e *env) startRawReader(name, slotName string) (*child, error) {
-	stats := e.logPath(name + ".stats.json")
-	os.Remove(stats)
-	c, err := startChildEnv(name, e.consumerEnv(), nil, e.logPath(name+".log"), e.exe, "rawreader", "-pg-url", e.url, "-slot", slotName, "-publication", publication, "-stats", stats)
-	if err != nil {
-		return nil, err
-	}
-	c.stats = stats
-	return c, nil
 }
 
 func ms(d time.Duration) string {
