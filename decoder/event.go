@@ -37,6 +37,11 @@ type Event struct {
 	LSN pglogrepl.LSN
 	// CommitTime is the commit timestamp of the event's transaction.
 	CommitTime time.Time
+	// ReceivedAt is when the relay's replication reader received the
+	// message carrying the event; zero when the decoder is used alone.
+	// CommitTime to ReceivedAt is PostgreSQL's share of the latency,
+	// ReceivedAt to the broker's ack the relay's.
+	ReceivedAt time.Time
 }
 
 // Header is one record header.

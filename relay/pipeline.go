@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,9 @@ type pipeline struct {
 	// deadLetter, if set, takes events the broker rejected for good.
 	deadLetter func(ev *decoder.Event, err error, tok checkpoint.Token)
 
+	// free recycles the per-event state (inflight) after successful acks.
+	free sync.Pool
+
 	pubCtx         context.Context
 	failPublishing context.CancelCauseFunc
 	// publishedTotal counts events handed to the publisher; the heartbeat
@@ -70,7 +74,6 @@ func (p *pipeline) idleSince() bool {
 func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, readerDone <-chan error, shutdownTimeout time.Duration) error {
 	pubCtx, failPublishing := p.pubCtx, p.failPublishing
 	defer failPublishing(nil)
-	fail := p.fail
 
 	stopping := ctx.Done()
 	var hardStop <-chan time.Time
@@ -108,7 +111,7 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, r
 			return err
 		case batch := <-msgs:
 			for _, m := range batch {
-				if err := p.handle(pubCtx, m, fail); err != nil {
+				if err := p.handle(pubCtx, m); err != nil {
 					if cause := context.Cause(pubCtx); cause != nil {
 						return cause
 					}
@@ -120,11 +123,13 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, r
 					return nil
 				}
 			}
+			// The decoder copies what it keeps: the batch can be reused.
+			replication.Release(batch)
 		}
 	}
 }
 
-func (p *pipeline) handle(ctx context.Context, m replication.Message, fail func(error)) error {
+func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 	if m.Data == nil {
 		p.tracker.Idle(m.ServerWALEnd)
 		return nil
@@ -141,31 +146,16 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message, fail func(
 		p.commits.add(op.CommitLSN, op.CommitTime)
 		p.inTxn = true
 	case decoder.KindEvent:
-		tok := p.tracker.Add()
-		tracker, obs, deadLetter := p.tracker, p.obs, p.deadLetter
-		ev := op.Event
-		err := p.pub.Publish(ctx, &ev, func(err error) {
-			var rr interface{ RecordRejected() bool }
-			if err != nil && deadLetter != nil && errors.As(err, &rr) && rr.RecordRejected() {
-				obs.PublishFailed(ReasonRejected)
-				deadLetter(&ev, err, tok)
-				return
-			}
-			if err != nil {
-				obs.PublishFailed(ReasonRejected)
-				// Never skip past a failed record: end the session, and the
-				// next one resumes from the slot.
-				fail(fmt.Errorf("publishing event %s to %s: %w", ev.ID, ev.Topic, err))
-				return
-			}
-			tracker.Ack(tok)
-			obs.EventAcked(&ev)
-		})
-		if err != nil {
+		in := p.newInflight()
+		in.ev = op.Event
+		in.ev.ReceivedAt = m.ReceivedAt
+		// Add before Publish, so the ack cannot come first.
+		in.tok = p.tracker.Add()
+		if err := p.pub.Publish(ctx, &in.ev, in.ack); err != nil {
 			if ctx.Err() == nil {
-				obs.PublishFailed(ReasonPublish)
+				p.obs.PublishFailed(ReasonPublish)
 			}
-			return fmt.Errorf("publishing event %s: %w", ev.ID, err)
+			return fmt.Errorf("publishing event %s: %w", in.ev.ID, err)
 		}
 		p.published++
 		p.publishedTotal.Add(1)
@@ -175,6 +165,48 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message, fail func(
 		p.inTxn = false
 	}
 	return nil
+}
+
+// inflight is one published event until its ack: the event the publisher
+// and the observer read, its checkpoint token, and the ack bound to them,
+// in one allocation that is reused once the broker acknowledged the event
+// (the Publisher and Observer contracts: neither keeps ev past the ack).
+type inflight struct {
+	ev  decoder.Event
+	tok checkpoint.Token
+	p   *pipeline
+	ack func(error) // in.done, bound once
+}
+
+func (p *pipeline) newInflight() *inflight {
+	if in, ok := p.free.Get().(*inflight); ok {
+		return in
+	}
+	in := &inflight{p: p}
+	in.ack = in.done
+	return in
+}
+
+// done is the event's ack, called once from the publisher's ack goroutine.
+func (in *inflight) done(err error) {
+	p := in.p
+	if err != nil {
+		p.obs.PublishFailed(ReasonRejected)
+		var rr interface{ RecordRejected() bool }
+		if p.deadLetter != nil && errors.As(err, &rr) && rr.RecordRejected() {
+			// The dead-letter queue keeps the event: in is not reused.
+			p.deadLetter(&in.ev, err, in.tok)
+			return
+		}
+		// Never skip past a failed record: end the session, and the next
+		// one resumes from the slot.
+		p.fail(fmt.Errorf("publishing event %s to %s: %w", in.ev.ID, in.ev.Topic, err))
+		return
+	}
+	p.tracker.Ack(in.tok)
+	p.obs.EventAcked(&in.ev)
+	in.ev, in.tok = decoder.Event{}, checkpoint.Token{}
+	p.free.Put(in)
 }
 
 // logProgress logs the periodic progress line: n events published over d.
