@@ -429,8 +429,14 @@ func (r *Relay) session(ctx context.Context) error {
 	var readerErr error
 	if !p.readerFailed {
 		// When the reader failed, the pipeline already received its error:
-		// waiting for another would block forever.
-		readerErr = <-readerDone
+		// waiting for another would block forever. A reader that does not
+		// stop (a read the network never interrupts) must not hang the
+		// shutdown: what it has not confirmed is re-sent next time.
+		select {
+		case readerErr = <-readerDone:
+		case <-time.After(r.cfg.ShutdownTimeout):
+			readerErr = fmt.Errorf("the replication reader did not stop within %s; the final status update may be missing", r.cfg.ShutdownTimeout)
+		}
 	}
 	if readerErr != nil {
 		if runErr == nil {
