@@ -72,7 +72,12 @@ const (
 	DefaultVersion        = "2.1.0"
 	DefaultMaxInFlight    = 10000
 	DefaultFlushBytes     = 1 << 20
-	DefaultFlushFrequency = time.Millisecond
+	// DefaultFlushFrequency is short because a batch also grows while the
+	// previous request to its broker is in flight (one at a time): under
+	// load batches stay large, and at a few thousand events a second the
+	// linger is most of the relay's own latency (bench: insert-to-ack p50
+	// 3.1-3.6ms at 250us vs 3.9-5.2ms at 1ms, same drain rate).
+	DefaultFlushFrequency = 250 * time.Microsecond
 	// DefaultRetryMax keeps retrying a retriable error (leader moved,
 	// broker down) for hours (2,000 retries, backoff capped at 5s: about
 	// 2.8 hours) rather than giving up: giving up on one record while
@@ -110,7 +115,7 @@ type KafkaConfig struct {
 	// a batch is sent when it reaches FlushMessages records or FlushBytes
 	// bytes, or FlushFrequency after its first record, whichever is first;
 	// a batch also grows while the previous request to its broker is in
-	// flight. Defaults: no message count, 1 MiB, 1ms.
+	// flight. Defaults: no message count, 1 MiB, 250us.
 	FlushMessages  int
 	FlushBytes     int
 	FlushFrequency time.Duration

@@ -69,7 +69,7 @@ func TestKafkaFlagsDefaults(t *testing.T) {
 	}
 	want := sink.KafkaConfig{
 		Brokers: []string{"localhost:9092"}, ClientID: "outbox-relay", Version: "2.1.0", MaxInFlight: 10000,
-		Compression: "none", FlushBytes: 1 << 20, FlushFrequency: time.Millisecond,
+		Compression: "none", FlushBytes: 1 << 20, FlushFrequency: 250 * time.Microsecond,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
