@@ -137,7 +137,7 @@ func writeChart(path string, e *env) error {
 	draw.Draw(img, img.Bounds(), &image.Uniform{colBG}, image.Point{}, draw.Src)
 
 	var tp [][]bar
-	for _, shape := range []string{"batch", "single"} {
+	for _, shape := range shapes {
 		var g []bar
 		for _, c := range []string{"pg_recvlogical", "relay->null", "relay->kafka", "poller->kafka"} {
 			if d, ok := e.drain(shape, c); ok {

@@ -26,7 +26,15 @@ type child struct {
 }
 
 func startChild(name string, stdout io.Writer, logFile string, path string, args ...string) (*child, error) {
+	return startChildEnv(name, nil, stdout, logFile, path, args...)
+}
+
+// startChildEnv is startChild with extra environment variables (KEY=value).
+func startChildEnv(name string, env []string, stdout io.Writer, logFile string, path string, args ...string) (*child, error) {
 	cmd := exec.Command(path, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout = stdout
 	if logFile != "" {
 		f, err := os.Create(logFile)

@@ -1,12 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/outbox"
 )
 
 // aggregates is how many distinct aggregate ids the events spread over.
@@ -78,6 +85,63 @@ func (e *env) insertBatches(ctx context.Context, n int) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// messagePrefix is the logical message prefix of the message shape: the
+// relay's default --message-prefix.
+const messagePrefix = "outbox"
+
+// insertMessages writes n events as transactional logical decoding
+// messages (outbox.Emit: the relay's version 1 envelope, nothing stored in
+// a table), 1,000 per transaction, over two connections: the message-mode
+// twin of insertBatches, with the same aggregates and payloads shaped
+// alike. It returns the average payload size in bytes.
+func (e *env) insertMessages(ctx context.Context, n int) (float64, error) {
+	batches := n / 1000
+	const conns = 2
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	payloadBytes := make([]int, conns)
+	for w := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := e.connect(ctx, true)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close(context.Background())
+			evs := make([]outbox.Event, 1000)
+			for b := w; b < batches; b += conns {
+				for g := range evs {
+					i := b*1000 + g
+					evs[g] = outbox.Event{
+						AggregateType: "order",
+						AggregateID:   fmt.Sprintf("order-%d", i%aggregates),
+						EventType:     "order.created",
+						Payload:       payload(nil, i),
+					}
+					payloadBytes[w] += len(evs[g].Payload)
+				}
+				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					_, err := outbox.Emit(ctx, outbox.Pgx(tx), messagePrefix, evs...)
+					return err
+				})
+				if err != nil {
+					errs <- fmt.Errorf("message batch %d: %w", b, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	total := 0
+	for _, b := range payloadBytes {
+		total += b
+	}
+	return float64(total) / float64(n), <-errs
 }
 
 // insertSingles writes n events, one per transaction, from writers
@@ -169,4 +233,45 @@ func (e *env) writeAtRate(ctx context.Context, rate, writers int, d time.Duratio
 		total += c
 	}
 	return total, took, <-errs
+}
+
+// pgbenchScript is one live transaction for pgbench: the row writeAtRate
+// inserts, with the payload built from a random number server-side.
+const pgbenchScript = `\set n random(0, 999999999)
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', 'order-' || (:n % 1000), 'order.created', ('{"order_id": ' || :n || ', "customer_id": "cust-' || (:n % 977) || '", "amount": ' || (:n % 1000) || '.' || lpad((:n % 100)::text, 2, '0') || ', "currency": "EUR", "status": "created", "items": [{"sku": "SKU-' || (:n % 311) || '", "qty": ' || (1 + :n % 5) || '}], "note": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}')::jsonb);
+`
+
+// pgbenchAtRate is writeAtRate done by pgbench: writers connections, two
+// threads, --rate (a Poisson schedule; late transactions are not
+// skipped), prepared statements. It returns the transactions pgbench
+// committed, the length of its schedule (-T, which starts once its clients
+// are connected), and its CPU time.
+func (e *env) pgbenchAtRate(ctx context.Context, rate, writers int, d time.Duration) (int, time.Duration, time.Duration, error) {
+	script := e.logPath("live.pgbench")
+	if err := os.WriteFile(script, []byte(pgbenchScript), 0o644); err != nil {
+		return 0, 0, 0, err
+	}
+	var out bytes.Buffer
+	c, err := startChild("pgbench", &out, e.logPath("pgbench.log"), filepath.Join(e.pgBin, "pgbench"),
+		"-n", "-M", "prepared", "-c", strconv.Itoa(writers), "-j", "2", "-R", strconv.Itoa(rate),
+		"-T", strconv.Itoa(int(d.Seconds())), "-f", script, e.url)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		c.stop(5 * time.Second)
+		return 0, 0, 0, ctx.Err()
+	}
+	cpu, _ := c.usage()
+	if c.err != nil {
+		return 0, 0, cpu, fmt.Errorf("pgbench: %v (see %s)", c.err, e.logPath("pgbench.log"))
+	}
+	m := regexp.MustCompile(`number of transactions actually processed: (\d+)`).FindSubmatch(out.Bytes())
+	if m == nil {
+		return 0, 0, cpu, fmt.Errorf("pgbench printed no transaction count: %s", out.String())
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n, time.Duration(d.Seconds()) * time.Second, cpu, nil
 }

@@ -37,6 +37,12 @@ type options struct {
 	profile      bool
 	shapes       string
 	skipPoller   bool
+	live         string
+	liveProfile  bool
+	liveTrace    bool
+	procs        int
+	pgbench      bool
+	linger       time.Duration
 }
 
 func main() {
@@ -51,6 +57,11 @@ func main() {
 		case "relay":
 			if err := relayMain(os.Args[2:]); err != nil {
 				log.Fatalf("relay: %v", err)
+			}
+			return
+		case "rawreader":
+			if err := rawReaderMain(os.Args[2:]); err != nil {
+				log.Fatalf("rawreader: %v", err)
 			}
 			return
 		case "poller":
@@ -70,8 +81,14 @@ func main() {
 	fs.StringVar(&o.outDir, "out", "bench/results", "directory for RESULTS.md and chart.png (overwritten)")
 	fs.StringVar(&o.tmpDir, "tmp", "bench/tmp", "directory for CPU profiles and logs (not committed)")
 	fs.BoolVar(&o.profile, "profile", true, "write a CPU profile of the relay process in each drain")
-	fs.StringVar(&o.shapes, "shapes", "batch,single", "insert shapes to measure: batch (1,000-row transactions), single (single-row transactions)")
+	fs.StringVar(&o.shapes, "shapes", "batch,message,single", "backlog shapes to drain: batch (1,000-row transactions), message (1,000 logical messages per transaction, message mode), single (single-row transactions); empty for none")
 	fs.BoolVar(&o.skipPoller, "skip-poller", false, "skip the SKIP LOCKED poller runs")
+	fs.StringVar(&o.live, "live", "raw,relay,poller", "live latency runs: raw (a bare replication reader: the latency floor), relay, poller; empty for none")
+	fs.BoolVar(&o.liveProfile, "live-profile", true, "write a CPU profile of the relay in the live run")
+	fs.BoolVar(&o.pgbench, "pgbench", false, "drive the live runs with pgbench instead of the built-in Go writers")
+	fs.DurationVar(&o.linger, "kafka-linger", 0, "the relay's Kafka FlushFrequency (0: the sink's default)")
+	fs.IntVar(&o.procs, "consumer-gomaxprocs", 0, "GOMAXPROCS of the relay and raw reader processes (0: Go's default, the number of CPUs)")
+	fs.BoolVar(&o.liveTrace, "live-trace", false, "write a runtime/trace of the relay in the live run to the tmp directory (go tool trace)")
 	fs.Parse(os.Args[1:])
 	if o.events == 0 {
 		o.events = 1_000_000

@@ -94,6 +94,31 @@ func postgresCPU(dataDir string) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / clockTick, nil
 }
 
+// walsenders counts the walsender processes of the server in dataDir.
+func walsenders(dataDir string) int {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pm, _ := strconv.Atoi(strings.TrimSpace(line))
+	entries, _ := os.ReadDir("/proc")
+	n := 0
+	for _, d := range entries {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if st, err := readProcStat(pid); err != nil || st.ppid != pm {
+			continue
+		}
+		if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && bytes.Contains(cmd, []byte("walsender")) {
+			n++
+		}
+	}
+	return n
+}
+
 // loadAverage returns the first line of /proc/loadavg, trimmed.
 func loadAverage() string {
 	b, err := os.ReadFile("/proc/loadavg")
@@ -105,4 +130,63 @@ func loadAverage() string {
 		return strings.TrimSpace(string(b))
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// cpuSnapshot is the CPU time (utime+stime, plus cutime+cstime: the
+// children they reaped, such as compilers under `go test`) of every process
+// that is not part of the benchmark: neither this process and its
+// descendants nor the PostgreSQL server. Two snapshots tell how much CPU
+// other work on the machine took during a measurement.
+type cpuSnapshot map[int]int64
+
+func (e *env) otherSnapshot() cpuSnapshot {
+	postmaster := 0
+	if b, err := os.ReadFile(filepath.Join(e.pg.DataDir(), "postmaster.pid")); err == nil {
+		line, _, _ := strings.Cut(string(b), "\n")
+		postmaster, _ = strconv.Atoi(strings.TrimSpace(line))
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	stats := map[int]procStat{}
+	for _, d := range entries {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if st, err := readProcStat(pid); err == nil {
+			stats[pid] = st
+		}
+	}
+	self := os.Getpid()
+	ours := func(pid int) bool {
+		for i := 0; i < 64 && pid > 1; i++ {
+			if pid == self || pid == postmaster {
+				return true
+			}
+			st, ok := stats[pid]
+			if !ok {
+				return false
+			}
+			pid = st.ppid
+		}
+		return false
+	}
+	s := cpuSnapshot{}
+	for pid, st := range stats {
+		if !ours(pid) {
+			s[pid] = st.utime + st.stime + st.cutime + st.cstime
+		}
+	}
+	return s
+}
+
+// otherCPU returns the CPU time other processes used from a to b.
+func otherCPU(a, b cpuSnapshot) time.Duration {
+	var ticks int64
+	for pid, t := range b {
+		ticks += max(0, t-a[pid])
+	}
+	return time.Duration(ticks) * time.Second / clockTick
 }

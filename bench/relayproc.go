@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,15 @@ type relayStats struct {
 	// row's created_at (now() of the inserting transaction).
 	CommitToAck []int64 `json:"commit_to_ack_us,omitempty"`
 	CreateToAck []int64 `json:"create_to_ack_us,omitempty"`
+	// The split of CommitToAck at the moment the relay's replication
+	// reader received the event's message: PostgreSQL's share (commit to
+	// received) and the relay's (received to ack). The raw reader records
+	// only CommitToReceive, for commit messages.
+	CommitToReceive []int64 `json:"commit_to_receive_us,omitempty"`
+	ReceiveToAck    []int64 `json:"receive_to_ack_us,omitempty"`
+	// PublishToAck is the part of ReceiveToAck after the pipeline handed
+	// the event to the sink: the producer and the broker.
+	PublishToAck []int64 `json:"publish_to_ack_us,omitempty"`
 }
 
 // nullPublisher acknowledges every event at once: what is left is
@@ -46,44 +56,64 @@ func (nullPublisher) Publish(_ context.Context, _ *decoder.Event, ack func(error
 
 func (nullPublisher) Close() error { return nil }
 
-// countingPublisher counts acks and, if asked, records latencies.
-type countingPublisher struct {
-	inner   relay.Publisher
-	st      *relayCounters
-	latency bool
+// countingObserver counts acknowledged events through the relay's
+// Observer (no per-event wrapper, so the drains measure the relay alone).
+type countingObserver struct{ st *relayCounters }
+
+func (o countingObserver) EventAcked(*decoder.Event) {
+	now := time.Now().UnixNano()
+	if o.st.acked.Add(1) == 1 {
+		o.st.firstAck.Store(now)
+	}
+	o.st.lastAck.Store(now)
 }
+
+func (countingObserver) StateChanged(relay.State, string, error) {}
+func (countingObserver) Session(func() relay.Progress)           {}
+func (countingObserver) TransactionDecoded()                     {}
+func (countingObserver) PublishFailed(string)                    {}
+func (countingObserver) HeartbeatSent()                          {}
+func (countingObserver) EventDeadLettered()                      {}
+func (countingObserver) RowsPruned(int)                          {}
 
 type relayCounters struct {
 	acked    atomic.Int64
 	firstAck atomic.Int64
 	lastAck  atomic.Int64
 
-	mu          sync.Mutex
-	commitToAck []int64
-	createToAck []int64
+	mu              sync.Mutex
+	commitToAck     []int64
+	createToAck     []int64
+	commitToReceive []int64
+	receiveToAck    []int64
+	publishToAck    []int64
 }
 
-func (p *countingPublisher) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
-	commit, created := ev.CommitTime, ev.CreatedAt
+// latencyPublisher records each event's latencies when its ack comes.
+type latencyPublisher struct {
+	inner relay.Publisher
+	st    *relayCounters
+}
+
+func (p *latencyPublisher) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
+	commit, created, received := ev.CommitTime, ev.CreatedAt, ev.ReceivedAt
+	published := time.Now()
 	return p.inner.Publish(ctx, ev, func(err error) {
 		if err == nil {
 			now := time.Now()
-			if p.st.acked.Add(1) == 1 {
-				p.st.firstAck.Store(now.UnixNano())
-			}
-			p.st.lastAck.Store(now.UnixNano())
-			if p.latency {
-				p.st.mu.Lock()
-				p.st.commitToAck = append(p.st.commitToAck, now.Sub(commit).Microseconds())
-				p.st.createToAck = append(p.st.createToAck, now.Sub(created).Microseconds())
-				p.st.mu.Unlock()
-			}
+			p.st.mu.Lock()
+			p.st.commitToAck = append(p.st.commitToAck, now.Sub(commit).Microseconds())
+			p.st.createToAck = append(p.st.createToAck, now.Sub(created).Microseconds())
+			p.st.commitToReceive = append(p.st.commitToReceive, received.Sub(commit).Microseconds())
+			p.st.receiveToAck = append(p.st.receiveToAck, now.Sub(received).Microseconds())
+			p.st.publishToAck = append(p.st.publishToAck, now.Sub(published).Microseconds())
+			p.st.mu.Unlock()
 		}
 		ack(err)
 	})
 }
 
-func (p *countingPublisher) Close() error { return p.inner.Close() }
+func (p *latencyPublisher) Close() error { return p.inner.Close() }
 
 // relayMain runs the relay on one slot until SIGTERM, then writes its
 // stats as JSON.
@@ -96,7 +126,10 @@ func relayMain(args []string) error {
 	brokers := fs.String("brokers", "", "Kafka brokers for --sink kafka")
 	statsFile := fs.String("stats", "", "write stats JSON here on exit")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here")
+	traceFile := fs.String("trace", "", "write a runtime/trace execution trace here")
+	messagePrefix := fs.String("message-prefix", "", "decode transactional logical messages with this prefix as events (message mode)")
 	latency := fs.Bool("latency", false, "record per-event latencies")
+	linger := fs.Duration("kafka-linger", 0, "the Kafka sink's FlushFrequency (0: the sink's default)")
 	statusInterval := fs.Duration("status-interval", 100*time.Millisecond, "status update interval")
 	verbose := fs.Bool("v", false, "log at info level to stderr")
 	fs.Parse(args)
@@ -114,6 +147,19 @@ func relayMain(args []string) error {
 			f.Close()
 		}()
 	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			return err
+		}
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer func() {
+			trace.Stop()
+			f.Close()
+		}()
+	}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
@@ -125,16 +171,22 @@ func relayMain(args []string) error {
 	switch *sinkName {
 	case "null":
 		newPub = func(context.Context) (relay.Publisher, error) {
-			return &countingPublisher{inner: nullPublisher{}, st: counters, latency: *latency}, nil
+			if *latency {
+				return &latencyPublisher{inner: nullPublisher{}, st: counters}, nil
+			}
+			return nullPublisher{}, nil
 		}
 	case "kafka":
-		kcfg := sink.KafkaConfig{Brokers: strings.Split(*brokers, ","), ClientID: "outbox-relay-bench", Logger: logger}
+		kcfg := sink.KafkaConfig{Brokers: strings.Split(*brokers, ","), ClientID: "outbox-relay-bench", FlushFrequency: *linger, Logger: logger}
 		newPub = func(context.Context) (relay.Publisher, error) {
 			k, err := sink.NewKafka(kcfg)
 			if err != nil {
 				return nil, err
 			}
-			return &countingPublisher{inner: k, st: counters, latency: *latency}, nil
+			if *latency {
+				return &latencyPublisher{inner: k, st: counters}, nil
+			}
+			return k, nil
 		}
 	default:
 		return fmt.Errorf("unknown sink %q", *sinkName)
@@ -142,12 +194,13 @@ func relayMain(args []string) error {
 	cfg := relay.Config{
 		ConnString: *pgURL,
 		Slot:       slot.Config{Slot: *slotName, Publication: *publication, Table: "public.outbox"},
-		Decoder:    decoder.Config{Table: "public.outbox", Columns: decoder.DefaultColumns(), Topic: decoder.DefaultTopic},
+		Decoder:    decoder.Config{Table: "public.outbox", Columns: decoder.DefaultColumns(), Topic: decoder.DefaultTopic, MessagePrefix: *messagePrefix},
 		// A short status interval only makes the confirmed LSN, which the
 		// orchestrator watches to stop the clock, follow the acks closely.
 		StatusInterval: *statusInterval,
 		ReceiveTimeout: 30 * time.Second,
 		Logger:         logger,
+		Observer:       countingObserver{counters},
 	}
 	r, err := relay.New(cfg, newPub)
 	if err != nil {
@@ -168,6 +221,7 @@ func relayMain(args []string) error {
 	}
 	counters.mu.Lock()
 	st.CommitToAck, st.CreateToAck = counters.commitToAck, counters.createToAck
+	st.CommitToReceive, st.ReceiveToAck, st.PublishToAck = counters.commitToReceive, counters.receiveToAck, counters.publishToAck
 	counters.mu.Unlock()
 	if *statsFile != "" {
 		b, err := json.Marshal(st)

@@ -44,6 +44,7 @@ type drainResult struct {
 	CPU      time.Duration // the consumer process
 	RSSKiB   int64
 	PGCPU    time.Duration // the whole PostgreSQL server during the drain
+	Other    time.Duration // processes outside the benchmark, same interval
 	Load     string
 	Err      string
 	Profile  string // pprof -top of the relay, if profiled
@@ -64,9 +65,21 @@ type liveResult struct {
 	Achieved    float64
 	CreateToAck percentiles
 	CommitToAck percentiles // relay only: commit time from the WAL
-	CPU         time.Duration
-	RSSKiB      int64
-	PGCPU       time.Duration
+	// CommitToReceive (relay and raw reader) and ReceiveToAck (relay)
+	// split the latency where the replication reader received the event.
+	CommitToReceive percentiles
+	ReceiveToAck    percentiles
+	PublishToAck    percentiles // the sink's part of ReceiveToAck
+	CPU             time.Duration
+	RSSKiB          int64
+	PGCPU           time.Duration
+	// WriterCPU is the load generator's CPU time when it is pgbench.
+	WriterCPU time.Duration
+	// Other is the CPU time of processes outside the benchmark while the
+	// writers ran: anything else busy on the machine perturbs the run.
+	Other time.Duration
+	// Profile is pprof -top of the relay, if profiled.
+	Profile string
 	// Tail is how long the consumer took, after the writers stopped, to
 	// deliver the rest: near zero when it kept up with the rate.
 	Tail time.Duration
@@ -101,8 +114,13 @@ type results struct {
 	Machine  machine
 	Payload  float64 // average payload bytes
 	Inserts  map[string]time.Duration
-	Drains   []drainResult
-	Live     []liveResult
+	// WALBytes is the WAL written by each shape's inserts
+	// (pg_current_wal_insert_lsn after minus before).
+	WALBytes map[string]int64
+	// MessagePayload is the average payload bytes of the message shape.
+	MessagePayload float64
+	Drains         []drainResult
+	Live           []liveResult
 }
 
 func run(ctx context.Context, o options) error {
@@ -115,7 +133,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	e := &env{o: o, exe: exe, res: &results{Started: time.Now(), Options: o, Command: "bench " + strings.Join(os.Args[1:], " "), Inserts: map[string]time.Duration{}}}
+	e := &env{o: o, exe: exe, res: &results{Started: time.Now(), Options: o, Command: "bench " + strings.Join(os.Args[1:], " "), Inserts: map[string]time.Duration{}, WALBytes: map[string]int64{}}}
 	e.loads = append(e.loads, loadAverage())
 	log.Printf("load average at start: %s (2 cores: above ~1.5 the numbers are perturbed)", loadAverage())
 
@@ -153,7 +171,10 @@ func run(ctx context.Context, o options) error {
 	}
 
 	for _, shape := range strings.Split(o.shapes, ",") {
-		if err := e.shape(ctx, strings.TrimSpace(shape)); err != nil {
+		if shape = strings.TrimSpace(shape); shape == "" {
+			continue
+		}
+		if err := e.shape(ctx, shape); err != nil {
 			return fmt.Errorf("shape %s: %w", shape, err)
 		}
 	}
@@ -200,15 +221,20 @@ func (e *env) shape(ctx context.Context, shape string) error {
 		}
 	}
 	log.Printf("[%s] inserting %d events", shape, e.o.events)
+	walStart, err := e.walEnd(ctx)
+	if err != nil {
+		return err
+	}
 	start := time.Now()
-	var err error
 	switch shape {
 	case "batch":
 		err = e.insertBatches(ctx, e.o.events)
 	case "single":
 		err = e.insertSingles(ctx, e.o.events, e.o.writers)
+	case "message":
+		e.res.MessagePayload, err = e.insertMessages(ctx, e.o.events)
 	default:
-		return fmt.Errorf("unknown shape %q (want batch or single)", shape)
+		return fmt.Errorf("unknown shape %q (want batch, message or single)", shape)
 	}
 	if err != nil {
 		return err
@@ -219,10 +245,12 @@ func (e *env) shape(ctx context.Context, shape string) error {
 	if err != nil {
 		return err
 	}
-	if e.res.Payload == 0 {
+	e.res.WALBytes[shape] = int64(end - walStart)
+	if e.res.Payload == 0 && shape != "message" {
 		_ = e.admin.QueryRow(ctx, `SELECT avg(octet_length(payload::text)) FROM outbox`).Scan(&e.res.Payload)
 	}
-	log.Printf("[%s] inserted %d events in %s (%.0f/s); WAL end %s", shape, e.o.events, took.Round(time.Millisecond), float64(e.o.events)/took.Seconds(), end)
+	log.Printf("[%s] inserted %d events in %s (%.0f/s); WAL end %s, %.0f WAL bytes/event", shape, e.o.events, took.Round(time.Millisecond),
+		float64(e.o.events)/took.Seconds(), end, float64(end-walStart)/float64(e.o.events))
 	// Let the WAL writer and autovacuum settle so the drains start alike.
 	if _, err := e.admin.Exec(ctx, `CHECKPOINT`); err != nil {
 		return err
@@ -238,6 +266,7 @@ func (e *env) shape(ctx context.Context, shape string) error {
 		case "relay->kafka":
 			r = e.drainRelay(ctx, shape, slots[c], "kafka", end)
 		}
+		r.Events = e.o.events
 		e.logDrain(r)
 		e.res.Drains = append(e.res.Drains, r)
 		if ctx.Err() != nil {
@@ -265,8 +294,8 @@ func (e *env) logDrain(r drainResult) {
 		log.Printf("[%s] %s: FAILED: %s", r.Shape, r.Consumer, r.Err)
 		return
 	}
-	log.Printf("[%s] %-15s %8d events in %7s = %8.0f ev/s; cpu %s, rss %d MiB, postgres cpu %s; load %s",
-		r.Shape, r.Consumer, r.Events, r.Wall.Round(time.Millisecond), r.rate(), r.CPU.Round(time.Millisecond), r.RSSKiB/1024, r.PGCPU.Round(time.Millisecond), r.Load)
+	log.Printf("[%s] %-15s %8d events in %7s = %8.0f ev/s; cpu %s, rss %d MiB, postgres cpu %s; other processes cpu %s; load %s",
+		r.Shape, r.Consumer, r.Events, r.Wall.Round(time.Millisecond), r.rate(), r.CPU.Round(time.Millisecond), r.RSSKiB/1024, r.PGCPU.Round(time.Millisecond), r.Other.Round(10*time.Millisecond), r.Load)
 }
 
 // walEnd returns the current WAL insert position: every insert so far is
@@ -310,6 +339,19 @@ func (e *env) waitConfirmed(ctx context.Context, slotName string, end pglogrepl.
 	}
 }
 
+// waitWalsendersGone waits (up to 5s) until the PostgreSQL server has no
+// walsender process left: an exited consumer's walsender counts in the
+// server's CPU time only once the postmaster has reaped it.
+func (e *env) waitWalsendersGone(ctx context.Context) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if walsenders(e.pg.DataDir()) == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // drainLimit bounds one drain: generous, so only a hang trips it.
 func (e *env) drainLimit() time.Duration {
 	return 2*time.Minute + time.Duration(e.o.events/2000)*time.Second
@@ -318,10 +360,15 @@ func (e *env) drainLimit() time.Duration {
 func (e *env) drainRecvlogical(ctx context.Context, shape, slotName string, end pglogrepl.LSN) drainResult {
 	r := drainResult{Shape: shape, Consumer: "pg_recvlogical", Events: e.o.events}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
+	otherBefore := e.otherSnapshot()
 	start := time.Now()
-	c, err := startChild("pg_recvlogical", nil, e.logPath("recvlogical-"+shape+".log"), filepath.Join(e.pgBin, "pg_recvlogical"),
-		"-d", e.url, "--slot", slotName, "--start", "--no-loop", "-f", "/dev/null",
-		"--endpos", end.String(), "-o", "proto_version=1", "-o", "publication_names="+publication)
+	args := []string{"-d", e.url, "--slot", slotName, "--start", "--no-loop", "-f", "/dev/null",
+		"--endpos", end.String(), "-o", "proto_version=1", "-o", "publication_names=" + publication}
+	if shape == "message" {
+		// pgoutput leaves logical messages out unless asked.
+		args = append(args, "-o", "messages=true")
+	}
+	c, err := startChild("pg_recvlogical", nil, e.logPath("recvlogical-"+shape+".log"), filepath.Join(e.pgBin, "pg_recvlogical"), args...)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -339,6 +386,10 @@ func (e *env) drainRecvlogical(ctx context.Context, shape, slotName string, end 
 	}
 	r.Wall = time.Since(start)
 	r.Load = loadAverage()
+	r.Other = otherCPU(otherBefore, e.otherSnapshot())
+	// Its walsender exits with it; once the postmaster has reaped it, its
+	// CPU time is in the postmaster's children's total.
+	e.waitWalsendersGone(ctx)
 	pgAfter, _ := postgresCPU(e.pg.DataDir())
 	r.PGCPU = pgAfter - pgBefore
 	if c.err != nil {
@@ -348,26 +399,52 @@ func (e *env) drainRecvlogical(ctx context.Context, shape, slotName string, end 
 	return r
 }
 
+// relayOpts are the relay helper's optional settings.
+type relayOpts struct {
+	brokers       string
+	latency       bool
+	profile       string // CPU profile file
+	trace         string // runtime/trace file
+	messagePrefix string // message mode
+}
+
 // startRelay starts the relay helper on slotName.
-func (e *env) startRelay(name, slotName, sinkName, brokers string, latency bool, profile string) (*child, error) {
+func (e *env) startRelay(name, slotName, sinkName string, o relayOpts) (*child, error) {
 	stats := e.logPath(name + ".stats.json")
 	os.Remove(stats)
 	args := []string{"relay", "-pg-url", e.url, "-slot", slotName, "-publication", publication, "-sink", sinkName, "-stats", stats}
-	if brokers != "" {
-		args = append(args, "-brokers", brokers)
+	if o.brokers != "" {
+		args = append(args, "-brokers", o.brokers)
 	}
-	if latency {
+	if o.latency {
 		args = append(args, "-latency")
 	}
-	if profile != "" {
-		args = append(args, "-cpuprofile", profile)
+	if o.profile != "" {
+		args = append(args, "-cpuprofile", o.profile)
 	}
-	c, err := startChild(name, nil, e.logPath(name+".log"), e.exe, args...)
+	if o.trace != "" {
+		args = append(args, "-trace", o.trace)
+	}
+	if o.messagePrefix != "" {
+		args = append(args, "-message-prefix", o.messagePrefix)
+	}
+	if e.o.linger > 0 {
+		args = append(args, "-kafka-linger", e.o.linger.String())
+	}
+	c, err := startChildEnv(name, e.consumerEnv(), nil, e.logPath(name+".log"), e.exe, args...)
 	if err != nil {
 		return nil, err
 	}
 	c.stats = stats
 	return c, nil
+}
+
+// consumerEnv is the environment added for the relay and raw reader.
+func (e *env) consumerEnv() []string {
+	if e.o.procs > 0 {
+		return []string{fmt.Sprintf("GOMAXPROCS=%d", e.o.procs)}
+	}
+	return nil
 }
 
 func (e *env) drainRelay(ctx context.Context, shape, slotName, sinkName string, end pglogrepl.LSN) drainResult {
@@ -388,14 +465,20 @@ func (e *env) drainRelay(ctx context.Context, shape, slotName, sinkName string, 
 		profile = e.logPath(name + ".pprof")
 	}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
+	otherBefore := e.otherSnapshot()
 	start := time.Now()
-	c, err := e.startRelay(name, slotName, sinkName, brokers, false, profile)
+	ro := relayOpts{brokers: brokers, profile: profile}
+	if shape == "message" {
+		ro.messagePrefix = messagePrefix
+	}
+	c, err := e.startRelay(name, slotName, sinkName, ro)
 	if err != nil {
 		r.Err = err.Error()
 		return r
 	}
 	done, err := e.waitConfirmed(ctx, slotName, end, c, e.drainLimit())
 	r.Load = loadAverage()
+	r.Other = otherCPU(otherBefore, e.otherSnapshot())
 	pgAfter, _ := postgresCPU(e.pg.DataDir())
 	stopErr := c.stop(40 * time.Second)
 	if err != nil {
@@ -452,6 +535,7 @@ func (e *env) drainPoller(ctx context.Context, shape string) drainResult {
 	}
 	defer b.stop(10 * time.Second)
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
+	otherBefore := e.otherSnapshot()
 	start := time.Now()
 	c, err := e.startPoller("poller-"+shape, b.addr, false)
 	if err != nil {
@@ -460,6 +544,7 @@ func (e *env) drainPoller(ctx context.Context, shape string) drainResult {
 	}
 	done, err := e.waitProcessed(ctx, c, e.drainLimit())
 	r.Load = loadAverage()
+	r.Other = otherCPU(otherBefore, e.otherSnapshot())
 	pgAfter, _ := postgresCPU(e.pg.DataDir())
 	stopErr := c.stop(20 * time.Second)
 	if err != nil {
@@ -522,20 +607,38 @@ func (e *env) waitProcessed(ctx context.Context, c *child, limit time.Duration) 
 	}
 }
 
-// live measures commit-to-ack latency at a fixed write rate: the relay to
-// the broker, then the poller to the broker, each alone.
+// liveConsumers maps the --live names to consumers, in run order.
+var liveConsumers = []struct{ flag, consumer string }{
+	{"raw", "raw reader"},
+	{"relay", "relay->kafka"},
+	{"poller", "poller->kafka"},
+}
+
+// live measures latency at a fixed write rate: the bare replication
+// reader (the floor), the relay to the broker, then the poller to the
+// broker, each alone.
 func (e *env) live(ctx context.Context) error {
-	for _, consumer := range []string{"relay->kafka", "poller->kafka"} {
-		if consumer == "poller->kafka" && e.o.skipPoller {
+	want := map[string]bool{}
+	for _, f := range strings.Split(e.o.live, ",") {
+		want[strings.TrimSpace(f)] = true
+	}
+	for _, lc := range liveConsumers {
+		consumer := lc.consumer
+		if !want[lc.flag] || consumer == "poller->kafka" && e.o.skipPoller {
 			continue
 		}
 		r := e.liveRun(ctx, consumer)
-		if r.Err != "" {
+		switch {
+		case r.Err != "":
 			log.Printf("[live] %s: FAILED: %s", consumer, r.Err)
-		} else {
-			log.Printf("[live] %-14s %d events at %.0f/s (delivered %s after the writers stopped): insert-to-ack p50 %s p95 %s p99 %s max %s; commit-to-ack p50 %s p99 %s; load %s",
+		case consumer == "raw reader":
+			log.Printf("[live] %-14s %d events at %.0f/s (read %s after the writers stopped): commit-to-received p50 %s p95 %s p99 %s max %s; load %s",
+				consumer, r.Events, r.Achieved, r.Tail.Round(time.Millisecond), ms(r.CommitToReceive.P50), ms(r.CommitToReceive.P95), ms(r.CommitToReceive.P99), ms(r.CommitToReceive.Max), r.Load)
+		default:
+			log.Printf("[live] %-14s %d events at %.0f/s (delivered %s after the writers stopped): insert-to-ack p50 %s p95 %s p99 %s max %s; commit-to-ack p50 %s p99 %s; commit-to-received p50 %s p99 %s; received-to-ack p50 %s p99 %s (published-to-ack p50 %s p99 %s); cpu %s; other processes cpu %s; load %s",
 				consumer, r.Events, r.Achieved, r.Tail.Round(time.Millisecond), ms(r.CreateToAck.P50), ms(r.CreateToAck.P95), ms(r.CreateToAck.P99), ms(r.CreateToAck.Max),
-				ms(r.CommitToAck.P50), ms(r.CommitToAck.P99), r.Load)
+				ms(r.CommitToAck.P50), ms(r.CommitToAck.P99), ms(r.CommitToReceive.P50), ms(r.CommitToReceive.P99), ms(r.ReceiveToAck.P50), ms(r.ReceiveToAck.P99),
+				ms(r.PublishToAck.P50), ms(r.PublishToAck.P99), r.CPU.Round(time.Millisecond), r.Other.Round(10*time.Millisecond), r.Load)
 		}
 		e.res.Live = append(e.res.Live, r)
 		if ctx.Err() != nil {
@@ -551,22 +654,42 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		r.Err = err.Error()
 		return r
 	}
-	b, err := e.startBroker(ctx)
-	if err != nil {
-		r.Err = err.Error()
-		return r
-	}
-	defer b.stop(10 * time.Second)
 	const liveSlot = "bench_live"
+	usesSlot := consumer != "poller->kafka"
 	var c *child
-	if consumer == "relay->kafka" {
+	var err error
+	if usesSlot {
 		if _, err := slot.Ensure(ctx, e.admin, slot.Config{Slot: liveSlot, Publication: publication, Table: "public.outbox"}); err != nil {
 			r.Err = err.Error()
 			return r
 		}
 		defer e.admin.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, liveSlot)
-		c, err = e.startRelay("relay-live", liveSlot, "kafka", b.addr, true, "")
-	} else {
+	}
+	switch consumer {
+	case "raw reader":
+		c, err = e.startRawReader("rawreader-live", liveSlot)
+	case "relay->kafka":
+		b, berr := e.startBroker(ctx)
+		if berr != nil {
+			r.Err = berr.Error()
+			return r
+		}
+		defer b.stop(10 * time.Second)
+		ro := relayOpts{brokers: b.addr, latency: true}
+		if e.o.liveProfile {
+			ro.profile = e.logPath("relay-live.pprof")
+		}
+		if e.o.liveTrace {
+			ro.trace = e.logPath("relay-live.trace")
+		}
+		c, err = e.startRelay("relay-live", liveSlot, "kafka", ro)
+	default:
+		b, berr := e.startBroker(ctx)
+		if berr != nil {
+			r.Err = berr.Error()
+			return r
+		}
+		defer b.stop(10 * time.Second)
 		c, err = e.startPoller("poller-live", b.addr, true)
 	}
 	if err != nil {
@@ -580,38 +703,39 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		r.Err = err.Error()
 		return r
 	}
-	if consumer == "relay->kafka" {
+	caughtUp := func() error {
+		if !usesSlot {
+			_, err := e.waitProcessed(ctx, c, time.Minute)
+			return err
+		}
 		end, err := e.walEnd(ctx)
 		if err == nil {
 			_, err = e.waitConfirmed(ctx, liveSlot, end, c, time.Minute)
 		}
-		if err != nil {
-			r.Err = "warm-up: " + err.Error()
-			return r
-		}
-	} else if _, err := e.waitProcessed(ctx, c, time.Minute); err != nil {
+		return err
+	}
+	if err := caughtUp(); err != nil {
 		r.Err = "warm-up: " + err.Error()
 		return r
 	}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
-	n, took, err := e.writeAtRate(ctx, e.o.rate, e.o.writers, e.o.liveDuration)
+	otherBefore := e.otherSnapshot()
+	var n int
+	var took time.Duration
+	if e.o.pgbench {
+		n, took, r.WriterCPU, err = e.pgbenchAtRate(ctx, e.o.rate, e.o.writers, e.o.liveDuration)
+	} else {
+		n, took, err = e.writeAtRate(ctx, e.o.rate, e.o.writers, e.o.liveDuration)
+	}
 	r.Load = loadAverage()
+	r.Other = otherCPU(otherBefore, e.otherSnapshot())
 	if err != nil {
 		r.Err = err.Error()
 		return r
 	}
 	r.Events, r.Achieved = n, float64(n)/took.Seconds()
 	writersDone := time.Now()
-	if consumer == "relay->kafka" {
-		end, err := e.walEnd(ctx)
-		if err == nil {
-			_, err = e.waitConfirmed(ctx, liveSlot, end, c, time.Minute)
-		}
-		if err != nil {
-			r.Err = err.Error()
-			return r
-		}
-	} else if _, err := e.waitProcessed(ctx, c, time.Minute); err != nil {
+	if err := caughtUp(); err != nil {
 		r.Err = err.Error()
 		return r
 	}
@@ -623,9 +747,16 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		return r
 	}
 	r.CPU, r.RSSKiB = c.usage()
+	if consumer == "relay->kafka" && e.o.liveProfile {
+		r.Profile = pprofTop(e.logPath("relay-live.pprof"))
+	}
 	st, err := c.readStats()
 	if err != nil {
 		r.Err = err.Error()
+		return r
+	}
+	if st.RunErr != "" {
+		r.Err = st.RunErr
 		return r
 	}
 	if st.Acked != int64(n)+1 {
@@ -634,7 +765,22 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 	// The first sample is the warm-up event's.
 	r.CreateToAck = percentilesOf(dropFirst(st.CreateToAck))
 	r.CommitToAck = percentilesOf(dropFirst(st.CommitToAck))
+	r.CommitToReceive = percentilesOf(dropFirst(st.CommitToReceive))
+	r.ReceiveToAck = percentilesOf(dropFirst(st.ReceiveToAck))
+	r.PublishToAck = percentilesOf(dropFirst(st.PublishToAck))
 	return r
+}
+
+// startRawReader starts the bare replication reader on slotName.
+func (e *env) startRawReader(name, slotName string) (*child, error) {
+	stats := e.logPath(name + ".stats.json")
+	os.Remove(stats)
+	c, err := startChildEnv(name, e.consumerEnv(), nil, e.logPath(name+".log"), e.exe, "rawreader", "-pg-url", e.url, "-slot", slotName, "-publication", publication, "-stats", stats)
+	if err != nil {
+		return nil, err
+	}
+	c.stats = stats
+	return c, nil
 }
 
 func ms(d time.Duration) string {
