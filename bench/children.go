@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -23,6 +24,8 @@ type child struct {
 	err  error
 	// stats is the JSON file the relay and poller helpers write on exit.
 	stats string
+	// hwm is the peak RSS (KiB) sampled from /proc while it ran.
+	hwm atomic.Int64
 }
 
 func startChild(name string, stdout io.Writer, logFile string, path string, args ...string) (*child, error) {
@@ -54,7 +57,27 @@ func startChildEnv(name string, env []string, stdout io.Writer, logFile string, 
 		c.err = cmd.Wait()
 		close(c.done)
 	}()
+	go c.sampleHWM()
 	return c, nil
+}
+
+// sampleHWM records the process's VmHWM every 20ms until it exits. The
+// peak RSS of wait4 cannot be used: Go starts children with vfork, and
+// Linux carries the parent's peak over into the child's at exec, so every
+// small child reported the benchmark process's own peak.
+func (c *child) sampleHWM() {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if v := vmHWM(c.cmd.Process.Pid); v > c.hwm.Load() {
+			c.hwm.Store(v)
+		}
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // stop sends SIGTERM and waits for the process to exit; after timeout it
@@ -76,14 +99,21 @@ func (c *child) stop(timeout time.Duration) error {
 	}
 }
 
-// usage returns the CPU time and peak RSS (KiB) of the exited process.
+// usage returns the CPU time and peak RSS (KiB) of the exited process:
+// the peak is the highest VmHWM sampled while it ran or, for the helpers
+// that write stats, the one they read at exit.
 func (c *child) usage() (cpu time.Duration, maxRSSKiB int64) {
+	maxRSSKiB = c.hwm.Load()
+	if c.stats != "" {
+		if st, err := c.readStats(); err == nil {
+			maxRSSKiB = max(maxRSSKiB, st.VmHWMKiB)
+		}
+	}
 	ru, ok := c.cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	if !ok {
-		return 0, 0
+		return 0, maxRSSKiB
 	}
-	cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	return cpu, ru.Maxrss
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), maxRSSKiB
 }
 
 func (c *child) readStats() (relayStats, error) {
