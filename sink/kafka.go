@@ -68,10 +68,10 @@ func (e *RejectedError) ConfigProblem() bool { return true }
 
 // Defaults for the zero values of KafkaConfig.
 const (
-	DefaultClientID       = "outbox-relay"
-	DefaultVersion        = "2.1.0"
-	DefaultMaxInFlight    = 10000
-	DefaultFlushBytes     = 1 << 20
+	DefaultClientID    = "outbox-relay"
+	DefaultVersion     = "2.1.0"
+	DefaultMaxInFlight = 10000
+	DefaultFlushBytes  = 1 << 20
 	// DefaultFlushFrequency is short because a batch also grows while the
 	// previous request to its broker is in flight (one at a time): under
 	// load batches stay large, and at a few thousand events a second the
