@@ -1,7 +1,7 @@
 # The front door: make test, make lint, make demo, make bench.
 GO       ?= go
 FUZZTIME ?= 20s
-BENCH_PKGS = ./decoder ./checkpoint ./sink
+BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 
 .PHONY: all test lint build demo bench bench-go fuzz clean
 
@@ -30,7 +30,7 @@ BENCH_FLAGS ?=
 bench:
 	$(GO) run ./bench $(BENCH_FLAGS)
 
-# The Go micro-benchmarks (decoder, checkpoint, sink), with allocs/op.
+# The Go micro-benchmarks (decoder, checkpoint, pipeline, sink), with allocs/op.
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(BENCH_PKGS)
 
