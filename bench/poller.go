@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -103,20 +102,7 @@ func pollerMain(args []string) error {
 			}
 		}
 	}
-	st.VmHWMKiB = vmHWM(os.Getpid())
-	if runErr != nil {
-		st.RunErr = runErr.Error()
-	}
-	if *statsFile != "" {
-		b, err := json.Marshal(st)
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(*statsFile, b, 0o644); err != nil {
-			return err
-		}
-	}
-	return runErr
+	return st.finish(*statsFile, runErr)
 }
 
 // pollOnce claims one batch, publishes it, waits for every ack and

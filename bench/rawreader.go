@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -152,18 +151,5 @@ func rawReaderMain(args []string) error {
 			WALWritePosition: received, WALFlushPosition: received, WALApplyPosition: received,
 		})
 	}
-	st.VmHWMKiB = vmHWM(os.Getpid())
-	if runErr != nil {
-		st.RunErr = runErr.Error()
-	}
-	if *statsFile != "" {
-		b, err := json.Marshal(st)
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(*statsFile, b, 0o644); err != nil {
-			return err
-		}
-	}
-	return runErr
+	return st.finish(*statsFile, runErr)
 }

@@ -214,23 +214,30 @@ func relayMain(args []string) error {
 		Acked:    counters.acked.Load(),
 		FirstAck: counters.firstAck.Load(),
 		LastAck:  counters.lastAck.Load(),
-		VmHWMKiB: vmHWM(os.Getpid()),
-	}
-	if runErr != nil {
-		st.RunErr = runErr.Error()
 	}
 	counters.mu.Lock()
 	st.CommitToAck, st.CreateToAck = counters.commitToAck, counters.createToAck
 	st.CommitToReceive, st.ReceiveToAck, st.PublishToAck = counters.commitToReceive, counters.receiveToAck, counters.publishToAck
 	counters.mu.Unlock()
-	if *statsFile != "" {
-		b, err := json.Marshal(st)
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(*statsFile, b, 0o644); err != nil {
-			return err
-		}
+	return st.finish(*statsFile, runErr)
+}
+
+// finish records the process's peak RSS and runErr in st, writes st as
+// JSON to path (if set) for the orchestrator, and returns runErr.
+func (st relayStats) finish(path string, runErr error) error {
+	st.VmHWMKiB = vmHWM(os.Getpid())
+	if runErr != nil {
+		st.RunErr = runErr.Error()
+	}
+	if path == "" {
+		return runErr
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return err
 	}
 	return runErr
 }
