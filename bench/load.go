@@ -57,11 +57,9 @@ func (e *env) connect(ctx context.Context, asyncCommit bool) (*pgx.Conn, error) 
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
-// insertBatches writes n events in 1,000-row transactions over two
-// connections.
-func (e *env) insertBatches(ctx context.Context, n int) error {
-	batches := n / 1000
-	const conns = 2
+// onConns runs write(w, conn) on conns connections of their own (with
+// asynchronous commit) at once, and returns the first error.
+func (e *env) onConns(ctx context.Context, conns int, write func(w int, conn *pgx.Conn) error) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
 	for w := range conns {
@@ -74,17 +72,28 @@ func (e *env) insertBatches(ctx context.Context, n int) error {
 				return
 			}
 			defer conn.Close(context.Background())
-			for b := w; b < batches; b += conns {
-				if _, err := conn.Exec(ctx, batchInsert, b); err != nil {
-					errs <- fmt.Errorf("batch %d: %w", b, err)
-					return
-				}
+			if err := write(w, conn); err != nil {
+				errs <- err
 			}
 		}()
 	}
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// insertBatches writes n events in 1,000-row transactions over two
+// connections.
+func (e *env) insertBatches(ctx context.Context, n int) error {
+	const conns = 2
+	return e.onConns(ctx, conns, func(w int, conn *pgx.Conn) error {
+		for b := w; b < n/1000; b += conns {
+			if _, err := conn.Exec(ctx, batchInsert, b); err != nil {
+				return fmt.Errorf("batch %d: %w", b, err)
+			}
+		}
+		return nil
+	})
 }
 
 // messagePrefix is the logical message prefix of the message shape: the
@@ -97,81 +106,51 @@ const messagePrefix = "outbox"
 // twin of insertBatches, with the same aggregates and payloads shaped
 // alike. It returns the average payload size in bytes.
 func (e *env) insertMessages(ctx context.Context, n int) (float64, error) {
-	batches := n / 1000
 	const conns = 2
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
 	payloadBytes := make([]int, conns)
-	for w := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			conn, err := e.connect(ctx, true)
+	err := e.onConns(ctx, conns, func(w int, conn *pgx.Conn) error {
+		evs := make([]outbox.Event, 1000)
+		for b := w; b < n/1000; b += conns {
+			for g := range evs {
+				i := b*1000 + g
+				evs[g] = outbox.Event{
+					AggregateType: "order",
+					AggregateID:   fmt.Sprintf("order-%d", i%aggregates),
+					EventType:     "order.created",
+					Payload:       payload(nil, i),
+				}
+				payloadBytes[w] += len(evs[g].Payload)
+			}
+			err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				_, err := outbox.Emit(ctx, outbox.Pgx(tx), messagePrefix, evs...)
+				return err
+			})
 			if err != nil {
-				errs <- err
-				return
+				return fmt.Errorf("message batch %d: %w", b, err)
 			}
-			defer conn.Close(context.Background())
-			evs := make([]outbox.Event, 1000)
-			for b := w; b < batches; b += conns {
-				for g := range evs {
-					i := b*1000 + g
-					evs[g] = outbox.Event{
-						AggregateType: "order",
-						AggregateID:   fmt.Sprintf("order-%d", i%aggregates),
-						EventType:     "order.created",
-						Payload:       payload(nil, i),
-					}
-					payloadBytes[w] += len(evs[g].Payload)
-				}
-				err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-					_, err := outbox.Emit(ctx, outbox.Pgx(tx), messagePrefix, evs...)
-					return err
-				})
-				if err != nil {
-					errs <- fmt.Errorf("message batch %d: %w", b, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
+		}
+		return nil
+	})
 	total := 0
 	for _, b := range payloadBytes {
 		total += b
 	}
-	return float64(total) / float64(n), <-errs
+	return float64(total) / float64(n), err
 }
 
 // insertSingles writes n events, one per transaction, from writers
 // concurrent connections as fast as they go.
 func (e *env) insertSingles(ctx context.Context, n, writers int) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			conn, err := e.connect(ctx, true)
-			if err != nil {
-				errs <- err
-				return
+	return e.onConns(ctx, writers, func(w int, conn *pgx.Conn) error {
+		var buf []byte
+		for i := w; i < n; i += writers {
+			buf = payload(buf, i)
+			if _, err := conn.Exec(ctx, singleInsert, fmt.Sprintf("order-%d", i%aggregates), string(buf)); err != nil {
+				return fmt.Errorf("insert %d: %w", i, err)
 			}
-			defer conn.Close(context.Background())
-			var buf []byte
-			for i := w; i < n; i += writers {
-				buf = payload(buf, i)
-				if _, err := conn.Exec(ctx, singleInsert, fmt.Sprintf("order-%d", i%aggregates), string(buf)); err != nil {
-					errs <- fmt.Errorf("insert %d: %w", i, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+		}
+		return nil
+	})
 }
 
 // writeAtRate writes single-row transactions at rate events/s in total for
