@@ -30,7 +30,9 @@ import (
 // in-flight cap; ack is called exactly once per published event, with nil
 // once the broker acknowledged it or with the error that survived the
 // publisher's retries. ack must not block. Close drains: it returns once
-// every published event's ack was called.
+// every published event's ack was called. ev belongs to the relay: Publish
+// copies what it needs, and ev must not be read once ack(nil) was called,
+// since the pipeline reuses it for a later event.
 type Publisher interface {
 	Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error
 	Close() error
