@@ -24,18 +24,31 @@ const maxFree = 1024
 
 // txn is one transaction in commit order.
 type txn struct {
-	// pending counts the events not yet acknowledged, plus one while the
-	// transaction is open. The transaction is done when it reaches zero.
-	pending atomic.Int64
+	// state packs the record's generation (high 32 bits) with pending (low
+	// 32 bits): the events not yet acknowledged, plus one while the
+	// transaction is open. The transaction is done when pending reaches
+	// zero. One word, so a single atomic add both counts an ack and sees
+	// which generation it counted in: a stale token cannot slip in between
+	// a check and the decrement.
+	state atomic.Uint64
 	// end is the commit's end LSN, set by Commit under Tracker.mu.
 	end pglogrepl.LSN
 }
 
-// Token identifies one in-flight event. It holds a single pointer, so
-// storing it in an interface or a closure does not allocate. The zero Token
-// is invalid.
+// pendingMask selects pending in txn.state.
+const pendingMask = 1<<32 - 1
+
+// generation and pending split a txn.state value.
+func generation(state uint64) uint32 { return uint32(state >> 32) }
+func pending(state uint64) uint32    { return uint32(state & pendingMask) }
+
+// Token identifies one in-flight event: its transaction record and the
+// record's generation when the event was added. Records are reused once
+// their transaction is done, and the generation tells a token of the
+// current use from a stale one. The zero Token is invalid.
 type Token struct {
-	tx *txn
+	tx  *txn
+	gen uint32
 }
 
 // Tracker is the in-order acknowledgement tracker.
@@ -75,15 +88,18 @@ func (t *Tracker) Begin() {
 		panic("checkpoint: Begin while a transaction is open")
 	}
 	var tx *txn
+	var gen uint32
 	if n := len(t.free); n > 0 {
 		tx = t.free[n-1]
 		t.free[n-1] = nil
 		t.free = t.free[:n-1]
 		tx.end = 0
+		// A new generation: tokens of the record's earlier use go stale.
+		gen = generation(tx.state.Load()) + 1
 	} else {
 		tx = new(txn)
 	}
-	tx.pending.Store(1) // the open transaction holds itself back
+	tx.state.Store(uint64(gen)<<32 | 1) // the open transaction holds itself back
 	t.open = tx
 	t.queue = append(t.queue, tx)
 }
@@ -99,17 +115,35 @@ func (t *Tracker) Add() Token {
 	if tx == nil {
 		panic("checkpoint: Add outside a transaction")
 	}
-	tx.pending.Add(1)
+	state := tx.state.Add(1)
 	t.inFlight.Add(1)
-	return Token{tx: tx}
+	return Token{tx: tx, gen: generation(state)}
 }
 
 // Ack records that the broker acknowledged the event of tok. It may be
 // called from any goroutine, in any order, exactly once per token. It is
 // cheap: it takes the lock only when it completes a transaction.
+//
+// It panics on a token whose transaction is already done: acknowledged
+// again after its record was reused for a later transaction (the
+// generation differs), or with nothing left pending. A second Ack while its
+// transaction still waits for other events cannot be told from theirs (that
+// would take state per event); it panics when the last of them comes, by
+// which time Safe may have passed an unacknowledged event.
 func (t *Tracker) Ack(tok Token) {
 	t.inFlight.Add(-1)
-	if tok.tx.pending.Add(-1) == 0 {
+	state := tok.tx.state.Add(^uint64(0)) // pending - 1
+	if generation(state) != tok.gen {
+		// Pending went from 0 to -1, borrowing from the generation, or the
+		// record belongs to a later transaction now. Undo the decrement, so
+		// a caller that recovers finds the record as it was.
+		tok.tx.state.Add(1)
+		if pending(state) == pendingMask && generation(state) == tok.gen-1 {
+			panic("checkpoint: Ack of an event whose transaction has nothing pending (was its token acknowledged twice?)")
+		}
+		panic("checkpoint: Ack of a token from a transaction that is done and whose record was reused (was the token acknowledged twice?)")
+	}
+	if pending(state) == 0 {
 		t.mu.Lock()
 		t.advance()
 		t.mu.Unlock()
@@ -130,7 +164,12 @@ func (t *Tracker) Commit(end pglogrepl.LSN) {
 	}
 	t.open = nil
 	tx.end = end
-	if tx.pending.Add(-1) == 0 {
+	state := tx.state.Add(^uint64(0)) // pending - 1
+	if pending(state) == pendingMask {
+		// Acks outnumbered Adds: the transaction already looked done.
+		panic("checkpoint: Commit of a transaction with more Acks than events (was a token acknowledged twice?)")
+	}
+	if pending(state) == 0 {
 		t.advance()
 	}
 }
@@ -141,7 +180,7 @@ func (t *Tracker) advance() {
 	var end pglogrepl.LSN
 	for t.head < len(t.queue) {
 		tx := t.queue[t.head]
-		if tx.pending.Load() != 0 {
+		if pending(tx.state.Load()) != 0 {
 			break
 		}
 		end = tx.end

@@ -3,6 +3,7 @@ package checkpoint
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -175,6 +176,69 @@ func TestTrackerMisusePanics(t *testing.T) {
 			}()
 			f(New(0))
 		})
+	}
+}
+
+// mustPanic runs f and returns the panic's message, failing when there is
+// none.
+func mustPanic(t *testing.T, f func()) (msg string) {
+	t.Helper()
+	defer func() {
+		r := recover()
+		if r == nil {
+			t.Fatal("no panic")
+		}
+		msg = fmt.Sprint(r)
+	}()
+	f()
+	return ""
+}
+
+// A second Ack of a token whose transaction record was recycled for a later
+// transaction must not count against that transaction: it would let Safe
+// pass the later transaction's unacknowledged event.
+func TestTrackerSecondAckAfterRecyclePanics(t *testing.T) {
+	tr := New(0)
+	tr.Begin()
+	stale := tr.Add()
+	tr.Commit(10)
+	tr.Ack(stale) // done: the record goes back to the free list
+	tr.Begin()    // and is reused here
+	tr.Add()
+	tr.Commit(20)
+	msg := mustPanic(t, func() { tr.Ack(stale) })
+	if !strings.Contains(msg, "reused") || !strings.Contains(msg, "acknowledged twice") {
+		t.Errorf("panic %q does not say the token is stale", msg)
+	}
+	if got := tr.Safe(); got != 10 {
+		t.Errorf("Safe() = %s after the stale Ack, want 0/A: the later transaction is still in flight", got)
+	}
+}
+
+// A second Ack before the record is reused finds nothing pending.
+func TestTrackerSecondAckWithNothingPendingPanics(t *testing.T) {
+	tr := New(0)
+	tr.Begin()
+	tok := tr.Add()
+	tr.Commit(10)
+	tr.Ack(tok)
+	msg := mustPanic(t, func() { tr.Ack(tok) })
+	if !strings.Contains(msg, "nothing pending") || !strings.Contains(msg, "acknowledged twice") {
+		t.Errorf("panic %q does not say the transaction had nothing pending", msg)
+	}
+}
+
+// Acks outnumbering the events of an open transaction are caught at
+// Commit at the latest.
+func TestTrackerMoreAcksThanEventsPanicsAtCommit(t *testing.T) {
+	tr := New(0)
+	tr.Begin()
+	tok := tr.Add()
+	tr.Ack(tok)
+	tr.Ack(tok)
+	msg := mustPanic(t, func() { tr.Commit(10) })
+	if !strings.Contains(msg, "more Acks than events") {
+		t.Errorf("panic %q", msg)
 	}
 }
 
