@@ -45,13 +45,31 @@ type Config struct {
 	MessagePrefix string
 	// HeaderColumns are extra columns of the row passed as record headers,
 	// keyed by column name, valued by the column's text; a NULL column
-	// adds no header. A column missing from the table is a *RowError.
+	// adds no header. A column missing from the table is a *SchemaError.
 	HeaderColumns []string
 	// TraceColumn is a column holding a W3C traceparent, passed as the
 	// record header "traceparent" when the table has that column; empty
 	// means none (a "traceparent" key of the headers column still works).
 	TraceColumn string
+	// DroppedHeader, if set, is told about each key of a headers JSON
+	// object (the headers column, or an envelope's "headers") that Decode
+	// leaves out: a header every record already carries (id, event_type,
+	// aggregate_type; a second id would let a row forge what consumers
+	// dedupe on) or an empty name. reason is DroppedReserved or
+	// DroppedEmptyKey; relation is "schema.table" or "message prefix P".
+	// A JSON null value is no header either, but not reported: it means
+	// none, as a NULL header column does. Decode calls it synchronously,
+	// for every event, so it must be cheap and must not call the Decoder.
+	DroppedHeader func(relation, key, reason string)
 }
+
+// Reasons given to Config.DroppedHeader.
+const (
+	// DroppedReserved: every record carries a header of that name already.
+	DroppedReserved = "the relay sets this header itself"
+	// DroppedEmptyKey: the key is the empty string.
+	DroppedEmptyKey = "the header name is empty"
+)
 
 // withDefaults fills empty fields, so a zero Config plus a table works.
 func (c Config) withDefaults() Config {
@@ -96,9 +114,21 @@ func (c Config) Validate() error {
 	return err
 }
 
-// reservedHeader reports whether every record already carries header k.
+// reservedHeader reports whether every record already carries header k:
+// the relay's own headers, and traceparent, which header columns must not
+// name since the trace column and the headers JSON decide it.
 func reservedHeader(k string) bool {
-	return k == "id" || k == "event_type" || k == "aggregate_type" || k == traceHeader
+	return ownHeader([]byte(k)) || k == traceHeader
+}
+
+// ownHeader reports whether k is a header the sinks write on every record
+// themselves.
+func ownHeader(k []byte) bool {
+	switch string(k) {
+	case "id", "event_type", "aggregate_type":
+		return true
+	}
+	return false
 }
 
 // splitTable splits "schema.name" or "name" (schema public).
@@ -133,8 +163,8 @@ type segment struct {
 }
 
 // compileTopic parses a template once, so rendering is a concatenation.
-// Literal text is checked here, not per event: a template that can never
-// render a valid topic is a configuration error.
+// Which characters a topic may hold is the destination's rule (Kafka's
+// differs from a NATS subject's or stdout's), so it is not checked here.
 func compileTopic(tmpl string) ([]segment, error) {
 	var segs []segment
 	rest := tmpl
@@ -144,13 +174,7 @@ func compileTopic(tmpl string) ([]segment, error) {
 			open = len(rest)
 		}
 		if open > 0 {
-			lit := rest[:open]
-			for i := 0; i < len(lit); i++ {
-				if !topicChar(lit[i]) {
-					return nil, fmt.Errorf("topic template %q: character %q is not allowed in a topic (allowed: a-z A-Z 0-9 . _ -)", tmpl, lit[i])
-				}
-			}
-			segs = append(segs, segment{field: fieldLiteral, text: lit})
+			segs = append(segs, segment{field: fieldLiteral, text: rest[:open]})
 			rest = rest[open:]
 			continue
 		}
@@ -186,26 +210,71 @@ func compileTopic(tmpl string) ([]segment, error) {
 	return segs, nil
 }
 
-// topicChar reports whether Kafka accepts c in a topic name.
-func topicChar(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+// ColumnRole says why a Config needs a column of the outbox table.
+type ColumnRole uint8
+
+const (
+	// RoleMapped: the column holds a logical column (see Columns).
+	RoleMapped ColumnRole = iota
+	// RoleTopic: the topic template names the column as a placeholder.
+	RoleTopic
+	// RoleHeader: the column is one of HeaderColumns.
+	RoleHeader
+)
+
+// NeededColumn is a column the outbox table must have for a Config.
+type NeededColumn struct {
+	// Name is the table's column name.
+	Name string
+	// Role says why it is needed; a column needed for several reasons is
+	// listed once, for the first of mapped, topic, header.
+	Role ColumnRole
+	// Logical is the logical column it holds, for RoleMapped: id,
+	// aggregate_type, aggregate_id, event_type, payload, headers or
+	// created_at.
+	Logical string
+	// Optional is set for a mapped column the Config can do without when
+	// it is mapped to none (headers, created_at).
+	Optional bool
+	// Default is set when a mapped column has the name DefaultColumns
+	// gives it.
+	Default bool
 }
 
-// maxTopicLen is Kafka's limit on topic names.
-const maxTopicLen = 249
-
-// validTopic reports whether Kafka accepts t as a topic name.
-func validTopic(t []byte) bool {
-	if len(t) == 0 || len(t) > maxTopicLen {
+// NeededColumns lists the columns the outbox table must have, so a caller
+// that can read the catalog can refuse a mismatch before streaming rather
+// than at the first row (which is a *SchemaError). The trace column is not
+// listed: it is used only when the table has it.
+func (c Config) NeededColumns() []NeededColumn {
+	c = c.withDefaults()
+	defaults := DefaultColumns()
+	var out []NeededColumn
+	listed := func(name string) bool {
+		for _, n := range out {
+			if n.Name == name {
+				return true
+			}
+		}
 		return false
 	}
-	if string(t) == "." || string(t) == ".." {
-		return false
+	for _, logical := range logicalNames {
+		name := *c.Columns.field(logical)
+		if name == "" || listed(name) {
+			continue
+		}
+		out = append(out, NeededColumn{Name: name, Role: RoleMapped, Logical: logical,
+			Optional: logical == "headers" || logical == "created_at", Default: name == *defaults.field(logical)})
 	}
-	for _, c := range t {
-		if !topicChar(c) {
-			return false
+	segs, _ := compileTopic(c.Topic)
+	for _, seg := range segs {
+		if seg.field == fieldRaw && !listed(seg.text) {
+			out = append(out, NeededColumn{Name: seg.text, Role: RoleTopic})
 		}
 	}
-	return true
+	for _, name := range c.HeaderColumns {
+		if !listed(name) {
+			out = append(out, NeededColumn{Name: name, Role: RoleHeader})
+		}
+	}
+	return out
 }

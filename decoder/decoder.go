@@ -40,6 +40,9 @@ type Decoder struct {
 	msgPrefix     string
 	headerCols    []string
 	traceCol      string
+	droppedHeader func(relation, key, reason string)
+	// msgRelation names message mode to DroppedHeader.
+	msgRelation string
 
 	rels       map[uint32]*relation
 	inTxn      bool
@@ -77,6 +80,13 @@ type layout struct {
 	// (-1 when absent); trace is the trace column's index or -1.
 	headerCols []int
 	trace      int
+	// relation is "schema.table", for errors and Config.DroppedHeader.
+	relation string
+	// names are the column names in table order, for RowError.Raw.
+	names []string
+	// badColumn and badReason, when set, are the SchemaError every row of
+	// the relation gets: found once here, not per row.
+	badColumn, badReason string
 }
 
 // tupleField is one column of a tuple, as offsets into the message.
@@ -94,23 +104,27 @@ func New(cfg Config) (*Decoder, error) {
 	schema, table, _ := splitTable(cfg.Table)
 	topic, _ := compileTopic(cfg.Topic)
 	return &Decoder{
-		schema:     schema,
-		table:      table,
-		cols:       cfg.Columns,
-		topic:      topic,
-		heartbeat:  cfg.HeartbeatPrefix,
-		msgPrefix:  cfg.MessagePrefix,
-		headerCols: slices.Clone(cfg.HeaderColumns),
-		traceCol:   cfg.TraceColumn,
-		rels:       make(map[uint32]*relation),
-		topics:     make(map[string]string),
+		schema:        schema,
+		table:         table,
+		cols:          cfg.Columns,
+		topic:         topic,
+		heartbeat:     cfg.HeartbeatPrefix,
+		msgPrefix:     cfg.MessagePrefix,
+		headerCols:    slices.Clone(cfg.HeaderColumns),
+		traceCol:      cfg.TraceColumn,
+		droppedHeader: cfg.DroppedHeader,
+		msgRelation:   "message prefix " + cfg.MessagePrefix,
+		rels:          make(map[uint32]*relation),
+		topics:        make(map[string]string),
 	}, nil
 }
 
 // Decode parses one pgoutput message, the WALData of one XLogData received
 // at walStart. Nothing returned aliases data: the caller may reuse it.
 // Errors wrap ErrMalformed for bytes that are not pgoutput, or are a
-// *RowError for an outbox row that cannot become an event.
+// *SchemaError when the outbox table lacks what the Config needs, or a
+// *RowError for an outbox row (or table-free message) that cannot become
+// an event.
 func (d *Decoder) Decode(data []byte, walStart pglogrepl.LSN) (Op, error) {
 	if len(data) == 0 {
 		return Op{}, malformed(walStart, "empty message")
@@ -157,7 +171,8 @@ func (d *Decoder) relation(r *reader, walStart pglogrepl.LSN) error {
 	isOutbox := rel.namespace == d.schema && rel.name == d.table
 	var lay *layout
 	if isOutbox {
-		lay = &layout{id: -1, aggType: -1, aggID: -1, eventType: -1, payload: -1, headers: -1, createdAt: -1, trace: -1}
+		lay = &layout{id: -1, aggType: -1, aggID: -1, eventType: -1, payload: -1, headers: -1, createdAt: -1, trace: -1,
+			relation: rel.namespace + "." + rel.name, names: make([]string, 0, min(n, 64))}
 		lay.topicCols = make([]int, len(d.topic))
 		for i := range lay.topicCols {
 			lay.topicCols[i] = -1
@@ -175,6 +190,7 @@ func (d *Decoder) relation(r *reader, walStart pglogrepl.LSN) error {
 		if lay == nil {
 			continue
 		}
+		lay.names = append(lay.names, string(col))
 		// string(col) in comparisons does not allocate.
 		if string(col) == d.cols.ID {
 			lay.id = i
@@ -214,9 +230,61 @@ func (d *Decoder) relation(r *reader, walStart pglogrepl.LSN) error {
 	if err := r.done(walStart, "relation"); err != nil {
 		return err
 	}
+	if lay != nil {
+		lay.badColumn, lay.badReason = d.checkLayout(lay)
+	}
 	rel.outbox = lay
 	d.rels[oid] = rel
 	return nil
+}
+
+// checkLayout returns the first column the configuration needs that the
+// relation lacks (or cannot use) and why, or "" when rows can be decoded.
+func (d *Decoder) checkLayout(lay *layout) (column, reason string) {
+	missing := func(name, logical string) string {
+		if name == logical {
+			return "is missing"
+		}
+		return "is missing (it is mapped as the " + logical + " column)"
+	}
+	for _, c := range [...]struct {
+		idx           int
+		name, logical string
+	}{
+		{lay.id, d.cols.ID, "id"}, {lay.aggType, d.cols.AggregateType, "aggregate_type"},
+		{lay.aggID, d.cols.AggregateID, "aggregate_id"}, {lay.eventType, d.cols.EventType, "event_type"},
+		{lay.payload, d.cols.Payload, "payload"},
+	} {
+		if c.idx < 0 {
+			return c.name, missing(c.name, c.logical)
+		}
+	}
+	switch lay.payloadOID {
+	case oidJSONB, oidJSON, oidText, oidVarchar, oidBytea:
+	default:
+		return d.cols.Payload, fmt.Sprintf("has type OID %d; the payload must be %s", lay.payloadOID, supportedPayloadTypes)
+	}
+	// An optional column that was mapped and then dropped would otherwise
+	// turn into events without headers or timestamps, silently.
+	for _, c := range [...]struct {
+		idx           int
+		name, logical string
+	}{{lay.headers, d.cols.Headers, "headers"}, {lay.createdAt, d.cols.CreatedAt, "created_at"}} {
+		if c.name != "" && c.idx < 0 {
+			return c.name, "is missing (it is mapped as the " + c.logical + " column; map none to do without it)"
+		}
+	}
+	for j, c := range lay.headerCols {
+		if c < 0 {
+			return d.headerCols[j], "is a header column but missing"
+		}
+	}
+	for j, seg := range d.topic {
+		if seg.field == fieldRaw && lay.topicCols[j] < 0 {
+			return seg.text, "is used in the topic template but missing"
+		}
+	}
+	return "", ""
 }
 
 // insert decodes an Insert: an event when it is into the outbox table.
@@ -285,26 +353,17 @@ func (d *Decoder) readTuple(r *reader, rel *relation, walStart pglogrepl.LSN) er
 // event builds the Event of an outbox row from d.tuple.
 func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Event, error) {
 	lay := rel.outbox
+	if lay.badColumn != "" {
+		return Event{}, &SchemaError{Relation: lay.relation, Column: lay.badColumn, Reason: lay.badReason, LSN: walStart}
+	}
 	val := func(i int) []byte { f := d.tuple[i]; return data[f.start:f.end] }
-
-	// The id first: every later error names it.
-	var eventID string
-	if lay.id >= 0 && d.tuple[lay.id].kind == 't' {
-		eventID = string(val(lay.id))
-	}
-	rowErr := func(col, reason string) error {
-		return &RowError{LSN: walStart, EventID: eventID, Column: col, Reason: reason}
-	}
 	required := [4]struct {
 		idx  int
 		name string
 	}{{lay.id, d.cols.ID}, {lay.aggType, d.cols.AggregateType}, {lay.aggID, d.cols.AggregateID}, {lay.eventType, d.cols.EventType}}
 	for _, c := range required {
-		if c.idx < 0 {
-			return Event{}, rowErr(c.name, fmt.Sprintf("is missing from table %s.%s", rel.namespace, rel.name))
-		}
 		if d.tuple[c.idx].kind != 't' {
-			return Event{}, rowErr(c.name, "is NULL")
+			return Event{}, d.rowError(data, lay, walStart, "", c.name, "is NULL")
 		}
 	}
 
@@ -329,41 +388,46 @@ func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Eve
 		CreatedAt:     d.commitTime,
 	}
 
-	if lay.payload < 0 {
-		return Event{}, rowErr(d.cols.Payload, fmt.Sprintf("is missing from table %s.%s", rel.namespace, rel.name))
+	// The topic before the other columns, so their errors can say where
+	// the event was going (a dead letter keeps it).
+	topic, seg, ok := d.renderTopic(&ev, func(seg int) ([]byte, bool) {
+		if d.tuple[lay.topicCols[seg]].kind != 't' {
+			return nil, false
+		}
+		return val(lay.topicCols[seg]), true
+	})
+	if !ok {
+		if seg < 0 {
+			return Event{}, d.rowError(data, lay, walStart, "", "", "renders an empty topic")
+		}
+		return Event{}, d.rowError(data, lay, walStart, "", d.topic[seg].text, "is used in the topic template but NULL")
 	}
-	switch lay.payloadOID {
-	case oidJSONB, oidJSON, oidText, oidVarchar:
-		if d.tuple[lay.payload].kind == 't' {
+	ev.Topic = topic
+
+	if d.tuple[lay.payload].kind == 't' {
+		if lay.payloadOID == oidBytea {
+			p, err := decodeBytea(val(lay.payload))
+			if err != nil {
+				return Event{}, d.rowError(data, lay, walStart, topic, d.cols.Payload, err.Error())
+			}
+			ev.Payload = p
+		} else {
 			ev.Payload = append([]byte(nil), val(lay.payload)...)
 			if ev.Payload == nil {
 				ev.Payload = []byte{}
 			}
 		}
-	case oidBytea:
-		if d.tuple[lay.payload].kind == 't' {
-			p, err := decodeBytea(val(lay.payload))
-			if err != nil {
-				return Event{}, rowErr(d.cols.Payload, err.Error())
-			}
-			ev.Payload = p
-		}
-	default:
-		return Event{}, rowErr(d.cols.Payload, fmt.Sprintf("has type OID %d; the payload must be %s", lay.payloadOID, supportedPayloadTypes))
 	}
 
 	if lay.headers >= 0 && d.tuple[lay.headers].kind == 't' {
-		hs, err := d.parseHeaders(val(lay.headers))
+		hs, err := d.parseHeaders(val(lay.headers), lay.relation)
 		if err != nil {
-			return Event{}, rowErr(d.cols.Headers, err.Error())
+			return Event{}, d.rowError(data, lay, walStart, topic, d.cols.Headers, err.Error())
 		}
 		ev.Headers = hs
 	}
 	var extra []Header
 	for j, c := range lay.headerCols {
-		if c < 0 {
-			return Event{}, rowErr(d.headerCols[j], fmt.Sprintf("is a header column but missing from table %s.%s", rel.namespace, rel.name))
-		}
 		if d.tuple[c].kind == 't' {
 			extra = append(extra, Header{Key: d.headerCols[j], Value: append([]byte(nil), val(c)...)})
 		}
@@ -378,33 +442,52 @@ func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Eve
 		v := val(lay.createdAt)
 		t, ok := parseTimestamp(v)
 		if !ok {
-			return Event{}, rowErr(d.cols.CreatedAt, fmt.Sprintf("holds %q, not an ISO timestamp (set DateStyle=ISO on the replication connection)", truncate(v, 64)))
+			return Event{}, d.rowError(data, lay, walStart, topic, d.cols.CreatedAt,
+				fmt.Sprintf("holds %q, not an ISO timestamp (set DateStyle=ISO on the replication connection)", truncate(v, 64)))
 		}
 		ev.CreatedAt = t
 	}
-
-	raw := func(seg int, name string) ([]byte, error) {
-		c := lay.topicCols[seg]
-		if c < 0 {
-			return nil, rowErr(name, "is used in the topic template but missing from the table")
-		}
-		if d.tuple[c].kind != 't' {
-			return nil, rowErr(name, "is used in the topic template but NULL")
-		}
-		return val(c), nil
-	}
-	topic, err := d.renderTopic(&ev, raw, rowErr)
-	if err != nil {
-		return Event{}, err
-	}
-	ev.Topic = topic
 	return ev, nil
+}
+
+// rowError builds the *RowError of the outbox row in d.tuple. Only a row
+// that fails pays for the copies of its id, key and columns.
+func (d *Decoder) rowError(data []byte, lay *layout, walStart pglogrepl.LSN, topic, column, reason string) *RowError {
+	e := &RowError{LSN: walStart, Topic: topic, Column: column, Reason: reason}
+	if f := d.tuple[lay.id]; f.kind == 't' {
+		e.EventID = string(data[f.start:f.end])
+	}
+	if f := d.tuple[lay.aggID]; f.kind == 't' {
+		e.AggregateID = string(data[f.start:f.end])
+	}
+	size := 2
+	for i, f := range d.tuple {
+		size += len(lay.names[i]) + f.end - f.start + 8
+	}
+	raw := make([]byte, 0, size)
+	raw = append(raw, '{')
+	for i, f := range d.tuple {
+		if i > 0 {
+			raw = append(raw, ',')
+		}
+		raw = appendQuotedJSON(raw, lay.names[i])
+		raw = append(raw, ':')
+		if f.kind == 't' {
+			raw = appendQuotedJSON(raw, data[f.start:f.end])
+		} else {
+			raw = append(raw, "null"...)
+		}
+	}
+	e.Raw = append(raw, '}')
+	return e
 }
 
 // renderTopic renders the template for ev; rendered topics are cached, so
 // the usual few aggregate types cost no allocation after the first event.
-// raw returns the text of the raw placeholder of template segment seg.
-func (d *Decoder) renderTopic(ev *Event, raw func(seg int, name string) ([]byte, error), rowErr func(col, reason string) error) (string, error) {
+// raw returns the text of the raw placeholder of template segment seg, or
+// false when it has none. When the topic cannot be rendered, renderTopic
+// returns false and the segment at fault, or -1 for an empty topic.
+func (d *Decoder) renderTopic(ev *Event, raw func(seg int) ([]byte, bool)) (string, int, bool) {
 	b := d.topBuf[:0]
 	for i, seg := range d.topic {
 		switch seg.field {
@@ -419,26 +502,26 @@ func (d *Decoder) renderTopic(ev *Event, raw func(seg int, name string) ([]byte,
 		case fieldEventType:
 			b = append(b, ev.EventType...)
 		case fieldRaw:
-			v, err := raw(i, seg.text)
-			if err != nil {
-				return "", err
+			v, ok := raw(i)
+			if !ok {
+				return "", i, false
 			}
 			b = append(b, v...)
 		}
 	}
 	d.topBuf = b
-	if t, ok := d.topics[string(b)]; ok {
-		return t, nil
+	if len(b) == 0 {
+		return "", -1, false
 	}
-	if !validTopic(b) {
-		return "", rowErr("", fmt.Sprintf("renders topic %q, but a topic must match [a-zA-Z0-9._-]{1,249}", truncate(b, 300)))
+	if t, ok := d.topics[string(b)]; ok {
+		return t, 0, true
 	}
 	t := string(b)
 	if len(d.topics) >= maxTopicCache {
 		clear(d.topics)
 	}
 	d.topics[t] = t
-	return t, nil
+	return t, 0, true
 }
 
 // truncate shortens a value quoted in an error message.

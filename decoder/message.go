@@ -1,6 +1,7 @@
 package decoder
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -25,7 +26,8 @@ import (
 //	  "payload": {...},              required, any JSON value: the record value, as written
 //	  "payload_encoding": "base64",  optional: "json" (default) or "base64", then
 //	                                 payload is a JSON string of standard base64
-//	  "headers": {"k": "v"},         optional, as the headers column of a row
+//	  "headers": {"k": "v"},         optional, as the headers column of a row (keys
+//	                                 id, event_type, aggregate_type and "" are left out)
 //	  "created_at": "2026-...Z"      optional, RFC 3339; default the commit time
 //	}
 //
@@ -74,11 +76,13 @@ func (d *Decoder) message(r *reader, walStart pglogrepl.LSN) (Op, error) {
 // content: payloads and headers may carry secrets.
 func (d *Decoder) messageEvent(content []byte, walStart pglogrepl.LSN) (Event, error) {
 	var env envelope
+	var topic string
 	rowErr := func(reason string) error {
-		return &RowError{LSN: walStart, EventID: env.ID, Prefix: d.msgPrefix, Reason: reason}
+		return &RowError{LSN: walStart, EventID: env.ID, AggregateID: env.AggregateID, Topic: topic,
+			Prefix: d.msgPrefix, Reason: reason, Raw: bytes.Clone(content)}
 	}
 	if err := json.Unmarshal(content, &env); err != nil {
-		env.ID = ""
+		env = envelope{} // partly filled: nothing in it is reliable
 		if !json.Valid(content) {
 			return Event{}, rowErr("envelope is not valid JSON")
 		}
@@ -103,6 +107,33 @@ func (d *Decoder) messageEvent(content []byte, walStart pglogrepl.LSN) (Event, e
 		CommitTime:    d.commitTime,
 		CreatedAt:     d.commitTime,
 	}
+	// Headers first: a raw topic placeholder reads them. The topic next, so
+	// later errors can say where the event was going.
+	if len(env.Headers) > 0 && string(env.Headers) != "null" {
+		hs, err := d.parseHeaders(env.Headers, d.msgRelation)
+		if err != nil {
+			return Event{}, rowErr(`envelope member "headers" ` + err.Error())
+		}
+		ev.Headers = mergeHeaders(hs, nil, nil)
+	}
+	// A message has no columns: a raw topic placeholder reads a header.
+	t, seg, ok := d.renderTopic(&ev, func(seg int) ([]byte, bool) {
+		for _, h := range ev.Headers {
+			if h.Key == d.topic[seg].text {
+				return h.Value, true
+			}
+		}
+		return nil, false
+	})
+	if !ok {
+		if seg < 0 {
+			return Event{}, rowErr("envelope renders an empty topic")
+		}
+		return Event{}, rowErr(fmt.Sprintf("topic placeholder {%s} names no envelope header", d.topic[seg].text))
+	}
+	topic = t
+	ev.Topic = t
+
 	if len(env.Payload) == 0 {
 		return Event{}, rowErr(`envelope member "payload" is missing`)
 	}
@@ -122,13 +153,6 @@ func (d *Decoder) messageEvent(content []byte, walStart pglogrepl.LSN) (Event, e
 	default:
 		return Event{}, rowErr(fmt.Sprintf(`envelope member "payload_encoding" is %q; want "json" or "base64"`, truncate([]byte(env.PayloadEncoding), 32)))
 	}
-	if len(env.Headers) > 0 && string(env.Headers) != "null" {
-		hs, err := d.parseHeaders(env.Headers)
-		if err != nil {
-			return Event{}, rowErr(`envelope member "headers" ` + err.Error())
-		}
-		ev.Headers = mergeHeaders(hs, nil, nil)
-	}
 	if env.CreatedAt != "" {
 		t, ok := parseTimestamp([]byte(env.CreatedAt))
 		if !ok {
@@ -136,20 +160,6 @@ func (d *Decoder) messageEvent(content []byte, walStart pglogrepl.LSN) (Event, e
 		}
 		ev.CreatedAt = t
 	}
-	// A message has no columns: a raw topic placeholder reads a header.
-	raw := func(_ int, name string) ([]byte, error) {
-		for _, h := range ev.Headers {
-			if h.Key == name {
-				return h.Value, nil
-			}
-		}
-		return nil, rowErr(fmt.Sprintf("topic placeholder {%s} names no envelope header", name))
-	}
-	topic, err := d.renderTopic(&ev, raw, func(_, reason string) error { return rowErr(reason) })
-	if err != nil {
-		return Event{}, err
-	}
-	ev.Topic = topic
 	return ev, nil
 }
 

@@ -131,7 +131,7 @@ func TestMalformedEnvelopesAreRowErrors(t *testing.T) {
 		{with(func(e *outbox.Envelope) { e.PayloadEncoding = "hex" }), `"payload_encoding" is "hex"`},
 		{[]byte(`{"v":1,"id":"x","aggregate_type":"a","aggregate_id":"b","event_type":"c","payload":1,"headers":["secret"]}`), `"headers" is not a JSON object`},
 		{with(func(e *outbox.Envelope) { e.CreatedAt = "yesterday" }), `"created_at" is "yesterday"`},
-		{with(func(e *outbox.Envelope) { e.AggregateType = "a b" }), `renders topic "outbox.a b"`},
+		{with(func(e *outbox.Envelope) { e.AggregateType = "" }), `member "aggregate_type" is missing or empty`},
 	} {
 		_, err := decodeInTxn(t, Config{MessagePrefix: "outbox"}, messageMsg(true, "outbox", tt.content))
 		var re *RowError
@@ -145,16 +145,17 @@ func TestMalformedEnvelopesAreRowErrors(t *testing.T) {
 	}
 }
 
-// Header columns become headers; NULL adds none; a missing one is a row error.
+// Header columns become headers; NULL adds none; a missing one is a schema
+// error: no row of the table can have it.
 func TestHeaderColumns(t *testing.T) {
 	cols := append(slices.Clone(defaultCols), col{"tenant", oidText}, col{"correlation_id", 2950})
 	row := append(goodRow(), "acme", null)
 	cfg := Config{HeaderColumns: []string{"tenant", "correlation_id", "h"}}
 	// The column h is absent: a row error naming it.
 	_, err := decodeInTxn(t, cfg, relationMsg(16400, "public", "outbox", cols), insertMsg(16400, row...))
-	var re *RowError
-	if !errors.As(err, &re) || re.Column != "h" || !strings.Contains(err.Error(), "is a header column but missing") {
-		t.Fatalf("error %v, want a row error about column h", err)
+	var se *SchemaError
+	if !errors.As(err, &se) || se.Column != "h" || !strings.Contains(err.Error(), "is a header column but missing") {
+		t.Fatalf("error %v, want a schema error about column h", err)
 	}
 	cols = append(cols, col{"h", oidText})
 	row = append(row, "from-column")
@@ -218,6 +219,8 @@ func TestMessageConfigValidate(t *testing.T) {
 		{Config{Table: "outbox", MessagePrefix: DefaultHeartbeatPrefix}, "also the heartbeat prefix"},
 		{Config{Table: "outbox", HeaderColumns: []string{"a", "a"}}, `"a" listed twice`},
 		{Config{Table: "outbox", HeaderColumns: []string{"id"}}, "would clash"},
+		{Config{Table: "outbox", HeaderColumns: []string{"tenant", "event_type"}}, `column "event_type" would clash`},
+		{Config{Table: "outbox", HeaderColumns: []string{"aggregate_type"}}, `column "aggregate_type" would clash`},
 		{Config{Table: "outbox", HeaderColumns: []string{""}}, "empty column name"},
 	} {
 		if err := tt.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tt.wantErr) {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // decodeBytea decodes the text form of a bytea value in either output
@@ -185,7 +186,10 @@ var (
 // parseHeaders turns a JSON object into headers sorted by key: string
 // values as their text, other values as compact JSON. Keys share one
 // string and values one byte slice, to keep allocations per event flat.
-func (d *Decoder) parseHeaders(src []byte) ([]Header, error) {
+// Keys naming a header the relay sets itself, and empty keys, are left out
+// and reported to Config.DroppedHeader under relation; null values are
+// left out too.
+func (d *Decoder) parseHeaders(src []byte, relation string) ([]Header, error) {
 	src = trimJSONSpace(src)
 	if len(src) == 2 && src[0] == '{' && src[1] == '}' {
 		return nil, nil
@@ -216,6 +220,23 @@ func (d *Decoder) parseHeaders(src []byte) ([]Header, error) {
 		i = skipJSONSpace(src, i+1) // ':'
 		// Value.
 		end = valueEnd(src, i)
+		key, reason := keys[e.keyStart:e.keyEnd], ""
+		switch {
+		case len(key) == 0:
+			reason = DroppedEmptyKey
+		case ownHeader(key):
+			reason = DroppedReserved
+		}
+		// After json.Valid, a value starting with 'n' is null: no header,
+		// as with a NULL header column.
+		if reason != "" || src[i] == 'n' {
+			if reason != "" && d.droppedHeader != nil {
+				d.droppedHeader(relation, string(key), reason)
+			}
+			keys = keys[:e.keyStart]
+			i = skipJSONSpace(src, end)
+			continue
+		}
 		e.valStart = len(vals)
 		if src[i] == '"' {
 			vals = appendJSONString(vals, src[i:end])
@@ -326,6 +347,42 @@ func appendJSONString(dst, quoted []byte) []byte {
 		return append(dst, inner...)
 	}
 	return append(dst, s...)
+}
+
+// appendQuotedJSON appends s as a JSON string. Invalid UTF-8 becomes
+// U+FFFD, as with encoding/json, so the result is always valid JSON.
+func appendQuotedJSON[S string | []byte](dst []byte, s S) []byte {
+	const hexDigits = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			r, n := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
+			if r == utf8.RuneError && n == 1 {
+				dst = append(dst, `\ufffd`...)
+			} else {
+				dst = append(dst, s[i:i+n]...)
+			}
+			i += n
+			continue
+		}
+		switch {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c == '\n':
+			dst = append(dst, '\\', 'n')
+		case c == '\r':
+			dst = append(dst, '\\', 'r')
+		case c == '\t':
+			dst = append(dst, '\\', 't')
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		default:
+			dst = append(dst, c)
+		}
+		i++
+	}
+	return append(dst, '"')
 }
 
 // appendCompactJSON appends v without insignificant whitespace (jsonb's text
