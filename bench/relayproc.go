@@ -75,6 +75,7 @@ func (countingObserver) PublishFailed(string)                    {}
 func (countingObserver) HeartbeatSent()                          {}
 func (countingObserver) EventDeadLettered()                      {}
 func (countingObserver) RowsPruned(int)                          {}
+func (countingObserver) HeaderDropped(string, string)            {}
 
 type relayCounters struct {
 	acked    atomic.Int64

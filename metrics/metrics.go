@@ -57,6 +57,7 @@ type Metrics struct {
 	transactions        prometheus.Counter
 	heartbeats          prometheus.Counter
 	rowsPruned          prometheus.Counter
+	headersDropped      prometheus.Counter
 	reconnects          *prometheus.CounterVec
 	latency             prometheus.Histogram
 	streaming, standby  prometheus.Gauge
@@ -126,6 +127,8 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	m.transactions = counter("transactions_decoded_total", "Transactions decoded from the WAL (commits).")
 	m.heartbeats = counter("heartbeats_sent_total", "Heartbeat messages written to the WAL to move an idle slot.")
 	m.rowsPruned = counter("rows_pruned_total", "Confirmed outbox rows deleted by --prune-after.")
+	// No key label: keys come from user data, and the log names them.
+	m.headersDropped = counter("headers_dropped_total", "Keys of a headers JSON object left out of an event: id, event_type, aggregate_type (headers every record already carries) or an empty name.")
 	m.reconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "reconnects_total",
 		Help: "Sessions that ended with an error and were restarted, by cause: postgres, replication or sink."},
 		[]string{"cause"})
@@ -151,7 +154,7 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	m.topics.Store(&empty)
 
 	for _, c := range []prometheus.Collector{
-		m.eventsVec, m.bytesVec, m.publishErrors, m.deadLettered, m.transactions, m.heartbeats, m.rowsPruned,
+		m.eventsVec, m.bytesVec, m.publishErrors, m.deadLettered, m.transactions, m.heartbeats, m.rowsPruned, m.headersDropped,
 		m.reconnects, m.latency, m.streaming, m.standby, m.retained, m.safeWAL, m.walStatus,
 		m.slotPollErrors, buildInfo, newProgressCollector(m),
 	} {
@@ -215,6 +218,10 @@ func (m *Metrics) EventDeadLettered() { m.deadLettered.Inc() }
 
 // RowsPruned counts confirmed outbox rows deleted by pruning.
 func (m *Metrics) RowsPruned(n int) { m.rowsPruned.Add(float64(n)) }
+
+// HeaderDropped counts one header key left out of an event. It implements
+// relay.Observer.
+func (m *Metrics) HeaderDropped(string, string) { m.headersDropped.Inc() }
 
 // HeartbeatSent counts one heartbeat written to the WAL.
 func (m *Metrics) HeartbeatSent() { m.heartbeats.Inc() }

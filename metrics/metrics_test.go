@@ -44,6 +44,7 @@ func exercise(m *Metrics) {
 	m.EventDeadLettered()
 	m.HeartbeatSent()
 	m.RowsPruned(3)
+	m.HeaderDropped("public.outbox", "id")
 	m.StateChanged(relay.StateReconnecting, relay.CauseSink, errors.New("broker gone"))
 	size := int64(1 << 30)
 	m.ObserveSlot(slot.Info{Name: "s", WALStatus: "reserved", RetainedBytes: 4096, SafeWALSize: &size}, true)
@@ -104,6 +105,7 @@ func TestEveryMetricIsNamespacedAndExistsBeforeUse(t *testing.T) {
 		"outbox_relay_replication_lag_seconds", "outbox_relay_events_in_flight",
 		"outbox_relay_streaming", "outbox_relay_standby", "outbox_relay_build_info",
 		"outbox_relay_end_to_end_latency_seconds", "outbox_relay_rows_pruned_total",
+		"outbox_relay_headers_dropped_total",
 	} {
 		if !names[want] {
 			t.Errorf("metric %s missing before first use", want)
@@ -186,6 +188,23 @@ func TestTopicCacheIsSafeForConcurrentAcks(t *testing.T) {
 	}
 	if n := len(*m.topics.Load()); n != len(topics) {
 		t.Fatalf("topic cache holds %d entries, want %d", n, len(topics))
+	}
+}
+
+// Every dropped header is counted, with no label: the keys come from user
+// data and the relation is known to the operator.
+func TestDroppedHeadersAreCounted(t *testing.T) {
+	m, reg := newTestMetrics(t, Options{})
+	m.HeaderDropped("public.outbox", "id")
+	m.HeaderDropped("public.outbox", "id")
+	m.HeaderDropped("message prefix outbox", "")
+	want := `
+# HELP outbox_relay_headers_dropped_total Keys of a headers JSON object left out of an event: id, event_type, aggregate_type (headers every record already carries) or an empty name.
+# TYPE outbox_relay_headers_dropped_total counter
+outbox_relay_headers_dropped_total 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "outbox_relay_headers_dropped_total"); err != nil {
+		t.Fatal(err)
 	}
 }
 

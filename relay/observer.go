@@ -39,6 +39,12 @@ type Observer interface {
 	// RowsPruned is called with the number of confirmed outbox rows each
 	// pruning statement deleted.
 	RowsPruned(n int)
+	// HeaderDropped is called once per header key the decoder left out of
+	// an event (a name the relay sets itself, or an empty one; see
+	// decoder.Config.DroppedHeader). relation is "schema.table" or
+	// "message prefix P"; key comes from user data, so it must not become
+	// a metric label.
+	HeaderDropped(relation, key string)
 }
 
 // State is where the relay's session lifecycle stands.
@@ -127,6 +133,7 @@ func (nopObserver) PublishFailed(string)              {}
 func (nopObserver) HeartbeatSent()                    {}
 func (nopObserver) EventDeadLettered()                {}
 func (nopObserver) RowsPruned(int)                    {}
+func (nopObserver) HeaderDropped(string, string)      {}
 
 // maxCommits bounds the commit log: beyond it, new transactions are merged
 // into the newest entry, which keeps its older commit time, so the lag is

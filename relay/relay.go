@@ -323,7 +323,9 @@ func (r *Relay) session(ctx context.Context) error {
 	r.standby = false
 	r.log.Info("streaming", "slot", r.cfg.Slot.Slot, "lsn", start, "pid", stream.PID())
 
-	dec, err := decoder.New(r.cfg.Decoder)
+	decCfg := r.cfg.Decoder
+	decCfg.DroppedHeader = newDroppedHeaders(r.log, r.obs, r.cfg.Slot.Slot).report
+	dec, err := decoder.New(decCfg)
 	if err != nil {
 		pub.Close()
 		return fatal(err)
