@@ -465,6 +465,15 @@ func (r *Relay) prepare(ctx context.Context) (pglogrepl.LSN, error) {
 	if err := slot.Preflight(ctx, conn, r.cfg.Slot); err != nil {
 		return 0, fatal(err)
 	}
+	// A column the flags need and the table lacks would stop the stream at
+	// the first row; say so now, with the flag that fixes it.
+	if err := slot.CheckColumns(ctx, conn, r.cfg.Slot, r.cfg.Decoder.NeededColumns()); err != nil {
+		var problem *slot.Problem
+		if errors.As(err, &problem) {
+			return 0, fatal(err)
+		}
+		return 0, err
+	}
 	if r.cfg.PruneAfter > 0 {
 		if err := checkPrune(ctx, conn, r.cfg); err != nil {
 			var problem *slot.Problem
