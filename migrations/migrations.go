@@ -12,7 +12,8 @@
 // transaction: the table and its index appear together or not at all, and an
 // existing table (possibly with other columns) is never altered. There is no
 // migration-history table; statements still say IF NOT EXISTS, to be safe to
-// run by hand.
+// run by hand. So the CHECK constraints of 0001_outbox.sql reach new tables
+// only; README.md gives the statements that add them to an existing one.
 package migrations
 
 import (

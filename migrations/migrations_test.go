@@ -2,11 +2,13 @@ package migrations_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outbox-relay/outbox-relay/migrations"
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
@@ -75,6 +77,38 @@ func TestApplyCreatesTheDocumentedTable(t *testing.T) {
 		values ('order', '42', 'created', '{"total": 1}') returning id::text, headers::text`).Scan(&id, &headers)
 	if err != nil || len(id) != 36 || headers != "{}" {
 		t.Errorf("insert returned id %q headers %q err %v", id, headers, err)
+	}
+}
+
+// The table refuses the obvious poison at write time, so it never reaches
+// the WAL: headers that are not an object, empty routing fields.
+func TestApplyAddsChecksThatRefusePoisonRows(t *testing.T) {
+	db := pgtest.New(t)
+	conn := db.Conn(t)
+	if err := migrations.Apply(t.Context(), conn, "outbox"); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	for _, tc := range []struct {
+		name, values, constraint string
+	}{
+		{"headers an array", `('order', '42', 'created', '{}', '[1, 2]')`, "outbox_headers_check"},
+		{"headers a string", `('order', '42', 'created', '{}', '"x"')`, "outbox_headers_check"},
+		{"headers JSON null", `('order', '42', 'created', '{}', 'null')`, "outbox_headers_check"},
+		{"empty aggregate_type", `('', '42', 'created', '{}', '{}')`, "outbox_aggregate_type_check"},
+		{"empty aggregate_id", `('order', '', 'created', '{}', '{}')`, "outbox_aggregate_id_check"},
+		{"empty event_type", `('order', '42', '', '{}', '{}')`, "outbox_event_type_check"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := conn.Exec(t.Context(), `insert into outbox (aggregate_type, aggregate_id, event_type, payload, headers) values `+tc.values)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "23514" || pgErr.ConstraintName != tc.constraint {
+				t.Fatalf("insert %s: %v, want a check_violation of %s", tc.values, err, tc.constraint)
+			}
+		})
+	}
+	if _, err := conn.Exec(t.Context(), `insert into outbox (aggregate_type, aggregate_id, event_type, payload, headers)
+		values ('order', '42', 'created', 'null', '{"tenant": "acme", "n": null}')`); err != nil {
+		t.Errorf("a good row: %v", err)
 	}
 }
 
