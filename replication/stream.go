@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,12 +31,16 @@ type Config struct {
 	// Publication is the publication the slot decodes.
 	Publication string
 	// StatusInterval is how often a standby status update is sent, also
-	// while the pipeline is blocked. Default 10s.
+	// while the pipeline is blocked. Default 10s. Connect shortens it to a
+	// third of the server's wal_sender_timeout when it is longer, since the
+	// server ends a walsender that hears nothing for that long.
 	StatusInterval time.Duration
-	// ReceiveTimeout is how long the server may stay silent before the
-	// connection is considered dead. The relay asks the server for a reply
-	// when it has heard nothing for a StatusInterval, so a live server is
-	// never silent that long. Default 30s.
+	// ReceiveTimeout is how long the server may stay silent, while the
+	// stream is being read, before the connection is considered dead. Time
+	// spent waiting for the pipeline (a slow broker) is not silence: the
+	// server cannot be heard while it is not read. The relay asks the
+	// server for a reply when it has heard nothing for a StatusInterval, so
+	// a live server is never silent that long. Default 30s.
 	ReceiveTimeout time.Duration
 	// Coalesce is how long the reader lets messages gather in the socket
 	// before it reads them, while the stream is busy (hand-offs less than
@@ -137,6 +142,8 @@ type Stream struct {
 	conn   *pgconn.PgConn
 	system pglogrepl.IdentifySystemResult
 	log    *slog.Logger
+	// senderTimeout is the server's wal_sender_timeout (0: none).
+	senderTimeout time.Duration
 
 	// lastSent is written by the Run goroutine and read by metrics.
 	lastSent atomic.Uint64
@@ -182,7 +189,72 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	}
 	st := &Stream{cfg: cfg, conn: conn, system: sys, log: cfg.Logger}
 	st.walEnd.Store(uint64(sys.XLogPos))
+	if err := st.fitSenderTimeout(ctx); err != nil {
+		conn.Close(context.Background())
+		return nil, err
+	}
 	return st, nil
+}
+
+// fitSenderTimeout reads the server's wal_sender_timeout and shortens the
+// status interval to a third of it when it is longer: the walsender ends a
+// connection it has heard nothing from for that long, and while the
+// pipeline is blocked the status updates are all it hears. A third leaves
+// room for one late or lost update.
+func (s *Stream) fitSenderTimeout(ctx context.Context) error {
+	res, err := s.conn.Exec(ctx, "SHOW wal_sender_timeout").ReadAll()
+	if err != nil {
+		return fmt.Errorf("reading wal_sender_timeout: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return errors.New("reading wal_sender_timeout: unexpected reply to SHOW")
+	}
+	raw := string(res[0].Rows[0][0])
+	d, err := ParsePGDuration(raw)
+	if err != nil {
+		return fmt.Errorf("reading wal_sender_timeout %q: %w", raw, err)
+	}
+	s.senderTimeout = d
+	if d <= 0 {
+		return nil // the server never times the walsender out
+	}
+	limit := d / 3
+	if s.cfg.StatusInterval > limit {
+		s.log.Warn("status interval is longer than a third of the server's wal_sender_timeout; sending status updates more often so a stalled broker cannot end the replication connection",
+			"slot", s.cfg.Slot, "status_interval", s.cfg.StatusInterval, "wal_sender_timeout", d, "using", limit)
+		s.cfg.StatusInterval = max(limit, time.Millisecond)
+	}
+	return nil
+}
+
+// StatusInterval is the interval the stream sends status updates at: the
+// configured one, or a third of the server's wal_sender_timeout if shorter.
+func (s *Stream) StatusInterval() time.Duration { return s.cfg.StatusInterval }
+
+// SenderTimeout is the server's wal_sender_timeout; 0 means none.
+func (s *Stream) SenderTimeout() time.Duration { return s.senderTimeout }
+
+// ParsePGDuration parses a time setting as SHOW prints it ("60s", "500ms",
+// "2min", "1h", "0"); a bare number is milliseconds, the unit of
+// wal_sender_timeout.
+func ParsePGDuration(v string) (time.Duration, error) {
+	v = strings.TrimSpace(v)
+	units := []struct {
+		suffix string
+		unit   time.Duration
+	}{{"us", time.Microsecond}, {"ms", time.Millisecond}, {"min", time.Minute}, {"s", time.Second}, {"h", time.Hour}, {"d", 24 * time.Hour}}
+	unit := time.Millisecond
+	for _, u := range units {
+		if strings.HasSuffix(v, u.suffix) {
+			v, unit = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.unit
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errors.New("not a PostgreSQL time setting")
+	}
+	return time.Duration(n) * unit, nil
 }
 
 // ServerWALEnd is the newest WAL end the server reported (in XLogData or a
@@ -261,8 +333,15 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 			return nil
 		}
 		if hasData {
-			if err := s.handOff(ctx, out, batch, ticker.C, safe); err != nil {
+			waited, err := s.handOff(ctx, out, batch, ticker.C, safe)
+			if err != nil {
 				return err
+			}
+			if waited {
+				// The server was not read while the pipeline was blocked:
+				// that silence was ours, and says nothing about the
+				// connection. Measure it again from now.
+				lastHeard = time.Now()
 			}
 			co.handedOff(now)
 		} else {
@@ -506,16 +585,25 @@ func (c *coalescer) deadline(next time.Time) time.Time {
 // handOff sends a batch to the pipeline. While the pipeline is blocked (a slow or
 // absent broker) it keeps sending status updates so the server does not
 // drop the connection; it stops reading WAL, which is the backpressure.
-func (s *Stream) handOff(ctx context.Context, out chan<- []Message, batch []Message, tick <-chan time.Time, safe func() pglogrepl.LSN) error {
+//
+// It reports whether it had to wait. Status updates go out on the ticker,
+// not in answer to the server's keepalive requests: those are not read
+// while the reader waits here.
+func (s *Stream) handOff(ctx context.Context, out chan<- []Message, batch []Message, tick <-chan time.Time, safe func() pglogrepl.LSN) (waited bool, err error) {
+	select {
+	case out <- batch:
+		return false, nil
+	default:
+	}
 	for {
 		select {
 		case out <- batch:
-			return nil
+			return true, nil
 		case <-ctx.Done():
-			return nil
+			return true, nil
 		case <-tick:
 			if err := s.sendStatus(safe(), false); err != nil {
-				return err
+				return true, err
 			}
 		}
 	}

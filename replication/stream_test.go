@@ -314,3 +314,129 @@ func TestReleaseTakesOnlyRunsBatches(t *testing.T) {
 		t.Fatalf("a batch from the pool has len %d cap %d", len(got), cap(got))
 	}
 }
+
+// testSlotOn is testSlot on a server of its own with the given settings.
+func testSlotOn(t *testing.T, settings map[string]string) (*pgtest.DB, pglogrepl.LSN) {
+	t.Helper()
+	db := pgtest.OnServer(t, pgtest.NewServer(t, settings))
+	db.Exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)`)
+	db.Exec(t, `CREATE PUBLICATION p FOR TABLE t`)
+	var lsn string
+	if err := db.Conn(t).QueryRow(t.Context(), `SELECT lsn::text FROM pg_create_logical_replication_slot('s', 'pgoutput')`).Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	start, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, start
+}
+
+func activePID(t *testing.T, db *pgtest.DB) int {
+	t.Helper()
+	var pid *int
+	if err := db.Conn(t).QueryRow(t.Context(), `SELECT active_pid FROM pg_replication_slots WHERE slot_name = 's'`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if pid == nil {
+		t.Fatal("slot s has no active walsender")
+	}
+	return *pid
+}
+
+// A pipeline blocked for longer than the receive timeout and many
+// wal_sender_timeouts ends neither side of a healthy connection: the
+// reader does not count the silence it caused by not reading, and status
+// updates go out often enough for the server's timeout, whatever the
+// configured interval, without waiting for the server to ask.
+func TestBlockedPipelineEndsNoHealthySession(t *testing.T) {
+	db, start := testSlotOn(t, map[string]string{"wal_sender_timeout": "600ms"})
+	var safe atomic.Uint64
+	safe.Store(uint64(start))
+	// An interval longer than wal_sender_timeout, a receive timeout far
+	// shorter than the stall.
+	cfg := Config{ConnString: db.URL, Slot: "s", Publication: "p", StatusInterval: time.Second, ReceiveTimeout: 1500 * time.Millisecond}
+	s, err := Connect(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if got := s.StatusInterval(); got != 200*time.Millisecond {
+		t.Fatalf("status interval %s with wal_sender_timeout 600ms, want 200ms", got)
+	}
+	if err := s.Start(t.Context(), start); err != nil {
+		t.Fatal(err)
+	}
+	pid := activePID(t, db)
+	out := make(chan []Message) // unbuffered: the pipeline is "blocked" until read
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		done <- s.Run(ctx, out, func() pglogrepl.LSN { return pglogrepl.LSN(safe.Load()) })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		for {
+			select {
+			case <-finished:
+				return
+			case b := <-out:
+				Release(b)
+			}
+		}
+	})
+
+	const rows = 50
+	for i := range rows {
+		db.Exec(t, `INSERT INTO t VALUES ($1, 'x')`, i)
+	}
+	// The stall: nothing reads out for 4s, over twice the receive timeout
+	// and six wal_sender_timeouts.
+	select {
+	case err := <-done:
+		t.Fatalf("Run ended during the stall: %v", err)
+	case <-time.After(4 * time.Second):
+	}
+	if got := activePID(t, db); got != pid {
+		t.Fatalf("walsender pid %d after the stall, was %d: the server ended the connection", got, pid)
+	}
+	inserts := 0
+	deadline := time.After(30 * time.Second)
+	for inserts < rows {
+		select {
+		case batch := <-out:
+			for _, m := range batch {
+				if m.Data != nil && m.Data[0] == 'I' {
+					inserts++
+				}
+			}
+			Release(batch)
+		case err := <-done:
+			t.Fatalf("Run ended after the stall with %d of %d rows: %v", inserts, rows, err)
+		case <-deadline:
+			t.Fatalf("%d of %d rows after the stall", inserts, rows)
+		}
+	}
+	if got := activePID(t, db); got != pid {
+		t.Fatalf("walsender pid %d after the stall, was %d", got, pid)
+	}
+}
+
+func TestParsePGDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"60s": time.Minute, "500ms": 500 * time.Millisecond, "2min": 2 * time.Minute,
+		"1h": time.Hour, "0": 0, "1500": 1500 * time.Millisecond, "1d": 24 * time.Hour,
+	} {
+		got, err := ParsePGDuration(in)
+		if err != nil || got != want {
+			t.Errorf("ParsePGDuration(%q) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "-1s", "1.5s"} {
+		if _, err := ParsePGDuration(in); err == nil {
+			t.Errorf("ParsePGDuration(%q) succeeded", in)
+		}
+	}
+}
