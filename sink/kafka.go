@@ -66,6 +66,17 @@ func (e *RejectedError) Unwrap() []error { return []error{e.Kind, e.Err} }
 // not a retry.
 func (e *RejectedError) ConfigProblem() bool { return true }
 
+// configError is NewKafka's error for a KafkaConfig that Validate refuses:
+// retrying cannot fix it.
+type configError struct{ err error }
+
+func (e *configError) Error() string { return e.err.Error() }
+
+func (e *configError) Unwrap() error { return e.err }
+
+// ConfigProblem reports true: the CLI exits with code 2.
+func (e *configError) ConfigProblem() bool { return true }
+
 // Defaults for the zero values of KafkaConfig.
 const (
 	DefaultClientID    = "outbox-relay"
@@ -262,6 +273,9 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 		if !version.IsAtLeast(sarama.V1_0_0_0) {
 			return nil, fmt.Errorf("kafka SASL needs version 1.0.0 or later, not %s", c.Version)
 		}
+		if m, _ := c.SASL.mechanism(); m == SASLPlain && !c.TLS.Enabled() && !c.SASL.AllowPlaintext {
+			return nil, errors.New("kafka SASL PLAIN without TLS would send the password in clear text: enable TLS, or allow plaintext SASL explicitly if the network is trusted")
+		}
 		c.SASL.apply(sc)
 	}
 	if c.TLS.Enabled() || c.SASL.Enabled() {
@@ -334,19 +348,21 @@ type Kafka struct {
 
 // NewKafka connects to the brokers and starts the producer and its ack
 // goroutine. If no broker is reachable it returns an error wrapping
-// ErrUnreachable, naming the brokers; the caller retries with backoff.
+// ErrUnreachable, naming the brokers; the caller retries with backoff. A
+// configuration that Validate refuses, or that a broker rejects (TLS,
+// SASL), is an error whose ConfigProblem method reports true.
 func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	cfg = cfg.withDefaults()
 	sc, err := cfg.sarama()
 	if err != nil {
-		return nil, err
+		return nil, &configError{err}
 	}
 	brokers := strings.Join(cfg.Brokers, ",")
 	if cfg.TLS.InsecureSkipVerify {
 		cfg.Logger.Warn("Kafka TLS certificate verification is DISABLED (insecure skip verify): anyone on the network path can impersonate the brokers and read every event; give the brokers' CA file instead", "brokers", brokers)
 	}
 	if m, _ := cfg.SASL.mechanism(); m == SASLPlain && !cfg.TLS.Enabled() {
-		cfg.Logger.Warn("Kafka SASL PLAIN without TLS sends the password in clear text; enable TLS", "brokers", brokers, "user", cfg.SASL.User)
+		cfg.Logger.Warn("Kafka SASL PLAIN without TLS sends the password in clear text (allowed explicitly for a trusted network); enable TLS", "brokers", brokers, "user", cfg.SASL.User)
 	}
 	p, err := sarama.NewAsyncProducer(cfg.Brokers, sc)
 	if err != nil {

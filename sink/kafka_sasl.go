@@ -37,12 +37,16 @@ const redacted = "[REDACTED]"
 // KafkaConfig holding one) is safe.
 type KafkaSASL struct {
 	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (any case).
-	// PLAIN sends the password as is: use it with TLS only.
+	// PLAIN sends the password as is: without TLS, Validate refuses it
+	// unless AllowPlaintext is set.
 	Mechanism string
 	// User is the SASL user name.
 	User string
 	// Password is the user's password.
 	Password string
+	// AllowPlaintext accepts PLAIN without TLS, for a network trusted not
+	// to be read (the password crosses it in clear text).
+	AllowPlaintext bool
 }
 
 // Enabled reports whether any SASL setting is given.
@@ -116,7 +120,11 @@ func (s KafkaSASL) LogValue() slog.Value {
 	if !s.Enabled() {
 		return slog.StringValue("none")
 	}
-	return slog.GroupValue(slog.String("mechanism", s.Mechanism), slog.String("user", s.User), slog.Bool("password_set", s.Password != ""))
+	attrs := []slog.Attr{slog.String("mechanism", s.Mechanism), slog.String("user", s.User), slog.Bool("password_set", s.Password != "")}
+	if s.AllowPlaintext {
+		attrs = append(attrs, slog.Bool("allow_plaintext", true))
+	}
+	return slog.GroupValue(attrs...)
 }
 
 // MarshalJSON encodes s with its password redacted.

@@ -277,7 +277,9 @@ func TestKafkaSASLPublishesAndReadsBack(t *testing.T) {
 	for _, tc := range saslCases {
 		t.Run(tc.mechanism, func(t *testing.T) {
 			c := newSecureCluster(t, topic, kfake.EnableSASL(), kfake.Superuser(tc.mechanism, user, pass))
-			roundTrip(t, c, KafkaConfig{SASL: KafkaSASL{Mechanism: tc.mechanism, User: user, Password: pass}}, topic, 20, tc.consumer(user, pass))
+			// kfake listens in plaintext: PLAIN needs the explicit allowance.
+			sasl := KafkaSASL{Mechanism: tc.mechanism, User: user, Password: pass, AllowPlaintext: tc.mechanism == SASLPlain}
+			roundTrip(t, c, KafkaConfig{SASL: sasl}, topic, 20, tc.consumer(user, pass))
 		})
 	}
 	t.Run("SCRAM-SHA-512 over mutual TLS", func(t *testing.T) {
@@ -299,7 +301,7 @@ func TestKafkaSASLWrongPasswordFailsFastWithoutTheSecret(t *testing.T) {
 			var logs bytes.Buffer
 			cfg := KafkaConfig{
 				Brokers: c.ListenAddrs(),
-				SASL:    KafkaSASL{Mechanism: tc.mechanism, User: user, Password: wrong},
+				SASL:    KafkaSASL{Mechanism: tc.mechanism, User: user, Password: wrong, AllowPlaintext: true},
 				Logger:  slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			}
 			err := connectFails(t, cfg, ErrAuth)
@@ -324,7 +326,7 @@ func TestKafkaSASLWrongPasswordFailsFastWithoutTheSecret(t *testing.T) {
 	})
 	t.Run("mechanism the broker does not enable", func(t *testing.T) {
 		c := newSecureCluster(t, topic, kfake.EnableSASL(), kfake.Superuser(SASLScramSHA256, user, right))
-		err := connectFails(t, KafkaConfig{Brokers: c.ListenAddrs(), SASL: KafkaSASL{Mechanism: SASLPlain, User: user, Password: right}}, ErrAuth)
+		err := connectFails(t, KafkaConfig{Brokers: c.ListenAddrs(), SASL: KafkaSASL{Mechanism: SASLPlain, User: user, Password: right, AllowPlaintext: true}}, ErrAuth)
 		if strings.Contains(err.Error(), right) {
 			t.Errorf("error %q contains the password", err)
 		}
@@ -369,6 +371,10 @@ func TestKafkaSecurityConfigValidate(t *testing.T) {
 		{"mechanism without user", KafkaConfig{SASL: KafkaSASL{Mechanism: SASLPlain, Password: secret}}, "without a user"},
 		{"password without mechanism", KafkaConfig{SASL: KafkaSASL{User: "u", Password: secret}}, "without a mechanism"},
 		{"SASL on a version without SaslAuthenticate", KafkaConfig{Version: "0.11.0.0", SASL: KafkaSASL{Mechanism: SASLPlain, User: "u", Password: secret}}, "1.0.0"},
+		{"PLAIN without TLS", KafkaConfig{SASL: KafkaSASL{Mechanism: "plain", User: "u", Password: secret}}, "clear text"},
+		{"PLAIN without TLS, allowed", KafkaConfig{SASL: KafkaSASL{Mechanism: "plain", User: "u", Password: secret, AllowPlaintext: true}}, ""},
+		{"PLAIN over TLS", KafkaConfig{TLS: KafkaTLS{CAFile: p.caFile}, SASL: KafkaSASL{Mechanism: SASLPlain, User: "u", Password: secret}}, ""},
+		{"SCRAM without TLS", KafkaConfig{SASL: KafkaSASL{Mechanism: SASLScramSHA512, User: "u", Password: secret}}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.cfg.Brokers = []string{"localhost:9092"}
@@ -467,5 +473,38 @@ func TestSCRAMClientRejectsBadServers(t *testing.T) {
 				t.Fatalf("error %q contains the password", err)
 			}
 		})
+	}
+}
+
+func TestKafkaSASLPlainWithoutTLSNeedsExplicitAllowance(t *testing.T) {
+	const topic, user, pass = "outbox.order", "relay", "plain-pw-3e7a"
+	c := newSecureCluster(t, topic, kfake.EnableSASL(), kfake.Superuser(SASLPlain, user, pass))
+	var logs bytes.Buffer
+	cfg := KafkaConfig{
+		Brokers: c.ListenAddrs(),
+		SASL:    KafkaSASL{Mechanism: SASLPlain, User: user, Password: pass},
+		Logger:  slog.New(slog.NewTextHandler(&logs, nil)),
+	}
+
+	k, err := NewKafka(cfg)
+	if err == nil {
+		k.Close()
+		t.Fatal("NewKafka accepted SASL PLAIN without TLS")
+	}
+	var p interface{ ConfigProblem() bool }
+	if !errors.As(err, &p) || !p.ConfigProblem() || errors.Is(err, ErrUnreachable) {
+		t.Errorf("NewKafka error %q is not a ConfigProblem (CLI exit code 2)", err)
+	}
+	if !strings.Contains(err.Error(), "clear text") || !strings.Contains(err.Error(), "enable TLS") || strings.Contains(err.Error(), pass) {
+		t.Errorf("error %q should say the password would cross in clear text and how to fix it, without the password", err)
+	}
+
+	cfg.SASL.AllowPlaintext = true
+	roundTrip(t, c, cfg, topic, 5, kgo.SASL(plain.Auth{User: user, Pass: pass}.AsMechanism()))
+	if !strings.Contains(logs.String(), "level=WARN msg=\"Kafka SASL PLAIN without TLS sends the password in clear text") {
+		t.Errorf("no warning for allowed plaintext SASL:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), pass) {
+		t.Errorf("logs contain the password:\n%s", logs.String())
 	}
 }

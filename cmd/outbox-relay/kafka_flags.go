@@ -41,7 +41,9 @@ func kafkaFlags() []cli.Flag {
 			Usage: "accept any broker certificate (INSECURE: for tests only; warned about at every start)"},
 
 		&cli.StringFlag{Name: "kafka-sasl-mechanism", EnvVars: env("KAFKA_SASL_MECHANISM"),
-			Usage: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (PLAIN only with TLS)"},
+			Usage: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (PLAIN only with TLS, unless --kafka-sasl-allow-plaintext)"},
+		&cli.BoolFlag{Name: "kafka-sasl-allow-plaintext", EnvVars: env("KAFKA_SASL_ALLOW_PLAINTEXT"),
+			Usage: "allow SASL PLAIN without TLS, which sends the password in clear text: only on a network trusted not to be read"},
 		&cli.StringFlag{Name: "kafka-sasl-user", EnvVars: env("KAFKA_SASL_USER"), Usage: "SASL user name"},
 		// No Value: --help shows none (kafka_flags_test.go checks that it
 		// shows no value from the environment or the command line either).
@@ -70,9 +72,10 @@ func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
 			InsecureSkipVerify: c.Bool("kafka-tls-insecure-skip-verify"),
 		},
 		SASL: sink.KafkaSASL{
-			Mechanism: c.String("kafka-sasl-mechanism"),
-			User:      c.String("kafka-sasl-user"),
-			Password:  c.String("kafka-sasl-password"),
+			Mechanism:      c.String("kafka-sasl-mechanism"),
+			User:           c.String("kafka-sasl-user"),
+			Password:       c.String("kafka-sasl-password"),
+			AllowPlaintext: c.Bool("kafka-sasl-allow-plaintext"),
 		},
 		Logger: log,
 	}

@@ -155,6 +155,7 @@ func TestKafkaFlagsBadInputIsAUsageError(t *testing.T) {
 		{[]string{"--kafka-tls-ca", notPEM}, notPEM},
 		{[]string{"--kafka-compression", "brotli"}, "brotli"},
 		{[]string{"--kafka-linger", "-1s"}, "negative"},
+		{[]string{"--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-user", "u", "--kafka-sasl-password", "pw-x1"}, "clear text"},
 	} {
 		_, err := parseKafka(t, tt.args...)
 		if !isUsage(err) || !strings.Contains(fmt.Sprint(err), tt.want) {
@@ -163,6 +164,24 @@ func TestKafkaFlagsBadInputIsAUsageError(t *testing.T) {
 		if strings.Contains(fmt.Sprint(err), "pw-x1") {
 			t.Errorf("%v: error %q contains the password", tt.args, err)
 		}
+	}
+}
+
+// TestKafkaSASLPlainWithoutTLSNeedsTheFlag: the password would cross the
+// network in clear text; only an explicit flag (or its variable) allows it.
+func TestKafkaSASLPlainWithoutTLSNeedsTheFlag(t *testing.T) {
+	clearKafkaEnv(t)
+	plain := []string{"--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-user", "u", "--kafka-sasl-password", "pw-x1"}
+	got, err := parseKafka(t, append(plain, "--kafka-sasl-allow-plaintext")...)
+	if err != nil || !got.SASL.AllowPlaintext {
+		t.Fatalf("with --kafka-sasl-allow-plaintext: AllowPlaintext %v, %v", got.SASL.AllowPlaintext, err)
+	}
+	t.Setenv(envPrefix+"KAFKA_SASL_ALLOW_PLAINTEXT", "true")
+	if got, err = parseKafka(t, plain...); err != nil || !got.SASL.AllowPlaintext {
+		t.Fatalf("with KAFKA_SASL_ALLOW_PLAINTEXT=true: AllowPlaintext %v, %v", got.SASL.AllowPlaintext, err)
+	}
+	if got, err = parseKafka(t, append(plain, "--kafka-tls", "--kafka-sasl-allow-plaintext=false")...); err != nil || got.SASL.AllowPlaintext {
+		t.Fatalf("PLAIN over TLS: AllowPlaintext %v, %v", got.SASL.AllowPlaintext, err)
 	}
 }
 
@@ -185,7 +204,8 @@ func TestRunHelpShowsNoKafkaSecret(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v: %v", args, err)
 		}
-		for _, flag := range []string{"--kafka-tls-ca", "--kafka-sasl-mechanism", "--kafka-sasl-password", "--kafka-batch-messages", "--kafka-linger", "OUTBOX_RELAY_KAFKA_SASL_PASSWORD"} {
+		for _, flag := range []string{"--kafka-tls-ca", "--kafka-sasl-mechanism", "--kafka-sasl-password", "--kafka-sasl-allow-plaintext", "--kafka-batch-messages", "--kafka-linger",
+			"OUTBOX_RELAY_KAFKA_SASL_PASSWORD"} {
 			if !strings.Contains(out, flag) {
 				t.Errorf("%v: help does not document %s", args, flag)
 			}
