@@ -577,56 +577,8 @@ func (k *Kafka) watchStalls() {
 	}
 }
 
-// RecordError is a produce error that survived the producer's retries.
-type RecordError struct {
-	Topic     string
-	Partition int32
-	Err       error
-}
-
-func (e *RecordError) Error() string {
-	return fmt.Sprintf("producing to topic %s partition %d: %v", e.Topic, e.Partition, e.Err)
-}
-
-func (e *RecordError) Unwrap() error { return e.Err }
-
-// RecordRejected reports whether the broker refused this record itself
-// (too large, invalid, a topic name it will not accept) rather than failing
-// to take any record: retrying it cannot help, a dead-letter topic can.
-func (e *RecordError) RecordRejected() bool {
-	if e.RecordTooLarge() {
-		return true
-	}
-	for _, kerr := range recordRejections {
-		if errors.Is(e.Err, kerr) {
-			return true
-		}
-	}
-	return false
-}
-
-// RecordTooLarge reports whether the record was rejected for its size.
-func (e *RecordError) RecordTooLarge() bool {
-	// sarama refuses a record over Producer.MaxMessageBytes before sending
-	// it, with a ConfigurationError naming that setting.
-	var ce sarama.ConfigurationError
-	if errors.As(e.Err, &ce) && strings.Contains(string(ce), "MaxMessageBytes") {
-		return true
-	}
-	return errors.Is(e.Err, sarama.ErrMessageSizeTooLarge) || errors.Is(e.Err, sarama.ErrInvalidMessageSize)
-}
-
-// recordRejections are the errors that concern one record, not the broker.
-var recordRejections = []error{
-	sarama.ErrMessageSizeTooLarge,
-	sarama.ErrInvalidMessageSize,
-	sarama.ErrInvalidMessage,
-	sarama.ErrInvalidTopic,
-	sarama.ErrInvalidRecord,
-	sarama.ErrInvalidTimestamp,
-	sarama.ErrTopicAuthorizationFailed,
-}
-
+// produceError is the ack error of a record the producer failed.
 func produceError(pe *sarama.ProducerError) error {
-	return &RecordError{Topic: pe.Msg.Topic, Partition: pe.Msg.Partition, Err: pe.Err}
+	r := pe.Msg.Metadata.(*record)
+	return &RecordError{EventID: r.id, Topic: pe.Msg.Topic, Partition: pe.Msg.Partition, Err: pe.Err}
 }

@@ -26,6 +26,7 @@ const inlineHeaders = 8
 type record struct {
 	msg     sarama.ProducerMessage
 	ack     func(error)
+	id      string // the event id, for error messages
 	buf     []byte // key, then payload, then header bytes
 	keyLen  int
 	valLen  int
@@ -59,7 +60,7 @@ func newRecord(ev *decoder.Event, ack func(error)) *sarama.ProducerMessage {
 	for _, h := range ev.Headers {
 		n += len(h.Key) + len(h.Value)
 	}
-	r := &record{ack: ack, buf: make([]byte, 0, n)}
+	r := &record{ack: ack, id: ev.ID, buf: make([]byte, 0, n)}
 	r.buf = append(r.buf, ev.AggregateID...)
 	r.keyLen = len(ev.AggregateID)
 	r.buf = append(r.buf, ev.Payload...)

@@ -1,0 +1,266 @@
+package sink
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/IBM/sarama"
+)
+
+// ErrorClass says what a failed record needs: a dead-letter topic, or a
+// pause and a retry.
+type ErrorClass int
+
+const (
+	// ClassInfra is a failure of the way to the broker, not of the record:
+	// broker down, leader moved, not enough replicas, missing permission or
+	// topic, timeouts, a closed producer, and anything not known to be
+	// about the record. Pause and retry; never dead-letter.
+	ClassInfra ErrorClass = iota
+	// ClassRecord is a failure of this one record (too large, invalid,
+	// a bad timestamp or topic name): retrying cannot help, a dead-letter
+	// topic can.
+	ClassRecord
+)
+
+func (c ErrorClass) String() string {
+	if c == ClassRecord {
+		return "record"
+	}
+	return "infra"
+}
+
+// Classify returns the class of an error from the Kafka sink. Every error
+// code sarama knows is classified explicitly (kerrorClasses); anything
+// else is ClassInfra, as is nil.
+func Classify(err error) ErrorClass {
+	if err == nil {
+		return ClassInfra
+	}
+	var ce sarama.ConfigurationError
+	if errors.As(err, &ce) && strings.Contains(string(ce), "MaxMessageBytes") {
+		// sarama's own size check, before sending.
+		return ClassRecord
+	}
+	var ke sarama.KError
+	if errors.As(err, &ke) {
+		return kerrorClasses[ke] // a code sarama does not know: ClassInfra
+	}
+	return ClassInfra
+}
+
+// kerrorClasses classifies every error code sarama defines (the test walks
+// them all). A produce response can carry only some of them; the rest are
+// listed so that a new code is a decision, not a default.
+var kerrorClasses = map[sarama.KError]ErrorClass{
+	sarama.ErrUnknown:                            ClassInfra,
+	sarama.ErrNoError:                            ClassInfra,
+	sarama.ErrOffsetOutOfRange:                   ClassInfra,
+	sarama.ErrInvalidMessage:                     ClassRecord, // CORRUPT_MESSAGE: after sarama's retries, it is the record
+	sarama.ErrUnknownTopicOrPartition:            ClassInfra,  // missing topic, auto-creation off
+	sarama.ErrInvalidMessageSize:                 ClassRecord,
+	sarama.ErrLeaderNotAvailable:                 ClassInfra,
+	sarama.ErrNotLeaderForPartition:              ClassInfra,
+	sarama.ErrRequestTimedOut:                    ClassInfra,
+	sarama.ErrBrokerNotAvailable:                 ClassInfra,
+	sarama.ErrReplicaNotAvailable:                ClassInfra,
+	sarama.ErrMessageSizeTooLarge:                ClassRecord,
+	sarama.ErrStaleControllerEpochCode:           ClassInfra,
+	sarama.ErrOffsetMetadataTooLarge:             ClassInfra,
+	sarama.ErrNetworkException:                   ClassInfra,
+	sarama.ErrOffsetsLoadInProgress:              ClassInfra,
+	sarama.ErrConsumerCoordinatorNotAvailable:    ClassInfra,
+	sarama.ErrNotCoordinatorForConsumer:          ClassInfra,
+	sarama.ErrInvalidTopic:                       ClassRecord,
+	sarama.ErrMessageSetSizeTooLarge:             ClassInfra, // the batch against segment.bytes: the batch settings, not one record
+	sarama.ErrNotEnoughReplicas:                  ClassInfra,
+	sarama.ErrNotEnoughReplicasAfterAppend:       ClassInfra,
+	sarama.ErrInvalidRequiredAcks:                ClassInfra,
+	sarama.ErrIllegalGeneration:                  ClassInfra,
+	sarama.ErrInconsistentGroupProtocol:          ClassInfra,
+	sarama.ErrInvalidGroupId:                     ClassInfra,
+	sarama.ErrUnknownMemberId:                    ClassInfra,
+	sarama.ErrInvalidSessionTimeout:              ClassInfra,
+	sarama.ErrRebalanceInProgress:                ClassInfra,
+	sarama.ErrInvalidCommitOffsetSize:            ClassInfra,
+	sarama.ErrTopicAuthorizationFailed:           ClassInfra, // an ACL problem: never dead-letter
+	sarama.ErrGroupAuthorizationFailed:           ClassInfra,
+	sarama.ErrClusterAuthorizationFailed:         ClassInfra,
+	sarama.ErrInvalidTimestamp:                   ClassRecord,
+	sarama.ErrUnsupportedSASLMechanism:           ClassInfra,
+	sarama.ErrIllegalSASLState:                   ClassInfra,
+	sarama.ErrUnsupportedVersion:                 ClassInfra,
+	sarama.ErrTopicAlreadyExists:                 ClassInfra,
+	sarama.ErrInvalidPartitions:                  ClassInfra,
+	sarama.ErrInvalidReplicationFactor:           ClassInfra,
+	sarama.ErrInvalidReplicaAssignment:           ClassInfra,
+	sarama.ErrInvalidConfig:                      ClassInfra,
+	sarama.ErrNotController:                      ClassInfra,
+	sarama.ErrInvalidRequest:                     ClassInfra,
+	sarama.ErrUnsupportedForMessageFormat:        ClassInfra, // the topic's message format, for every record
+	sarama.ErrPolicyViolation:                    ClassInfra,
+	sarama.ErrOutOfOrderSequenceNumber:           ClassInfra,
+	sarama.ErrDuplicateSequenceNumber:            ClassInfra,
+	sarama.ErrInvalidProducerEpoch:               ClassInfra,
+	sarama.ErrInvalidTxnState:                    ClassInfra,
+	sarama.ErrInvalidProducerIDMapping:           ClassInfra,
+	sarama.ErrInvalidTransactionTimeout:          ClassInfra,
+	sarama.ErrConcurrentTransactions:             ClassInfra,
+	sarama.ErrTransactionCoordinatorFenced:       ClassInfra,
+	sarama.ErrTransactionalIDAuthorizationFailed: ClassInfra,
+	sarama.ErrSecurityDisabled:                   ClassInfra,
+	sarama.ErrOperationNotAttempted:              ClassInfra,
+	sarama.ErrKafkaStorageError:                  ClassInfra,
+	sarama.ErrLogDirNotFound:                     ClassInfra,
+	sarama.ErrSASLAuthenticationFailed:           ClassInfra,
+	sarama.ErrUnknownProducerID:                  ClassInfra,
+	sarama.ErrReassignmentInProgress:             ClassInfra,
+	sarama.ErrDelegationTokenAuthDisabled:        ClassInfra,
+	sarama.ErrDelegationTokenNotFound:            ClassInfra,
+	sarama.ErrDelegationTokenOwnerMismatch:       ClassInfra,
+	sarama.ErrDelegationTokenRequestNotAllowed:   ClassInfra,
+	sarama.ErrDelegationTokenAuthorizationFailed: ClassInfra,
+	sarama.ErrDelegationTokenExpired:             ClassInfra,
+	sarama.ErrInvalidPrincipalType:               ClassInfra,
+	sarama.ErrNonEmptyGroup:                      ClassInfra,
+	sarama.ErrGroupIDNotFound:                    ClassInfra,
+	sarama.ErrFetchSessionIDNotFound:             ClassInfra,
+	sarama.ErrInvalidFetchSessionEpoch:           ClassInfra,
+	sarama.ErrListenerNotFound:                   ClassInfra,
+	sarama.ErrTopicDeletionDisabled:              ClassInfra,
+	sarama.ErrFencedLeaderEpoch:                  ClassInfra,
+	sarama.ErrUnknownLeaderEpoch:                 ClassInfra,
+	sarama.ErrUnsupportedCompressionType:         ClassInfra, // the compression setting, for every record
+	sarama.ErrStaleBrokerEpoch:                   ClassInfra,
+	sarama.ErrOffsetNotAvailable:                 ClassInfra,
+	sarama.ErrMemberIdRequired:                   ClassInfra,
+	sarama.ErrPreferredLeaderNotAvailable:        ClassInfra,
+	sarama.ErrGroupMaxSizeReached:                ClassInfra,
+	sarama.ErrFencedInstancedId:                  ClassInfra,
+	sarama.ErrEligibleLeadersNotAvailable:        ClassInfra,
+	sarama.ErrElectionNotNeeded:                  ClassInfra,
+	sarama.ErrNoReassignmentInProgress:           ClassInfra,
+	sarama.ErrGroupSubscribedToTopic:             ClassInfra,
+	sarama.ErrInvalidRecord:                      ClassRecord, // a record-level validation failure
+	sarama.ErrUnstableOffsetCommit:               ClassInfra,
+	sarama.ErrThrottlingQuotaExceeded:            ClassInfra,
+	sarama.ErrProducerFenced:                     ClassInfra,
+	sarama.ErrInvalidUpdateVersion:               ClassInfra,
+}
+
+// RecordError is the error of one record, from its ack when the broker or
+// the producer failed it.
+type RecordError struct {
+	// EventID is the event's id.
+	EventID string
+	// Topic is the record's topic.
+	Topic string
+	// Partition is the record's partition, or -1 when it failed before
+	// one was chosen.
+	Partition int32
+	// Err is what went wrong; Classify(Err) is the record's class.
+	Err error
+}
+
+func (e *RecordError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "producing event %s to topic %s", e.EventID, printableTopic(e.Topic))
+	if e.Partition >= 0 {
+		fmt.Fprintf(&b, " partition %d", e.Partition)
+	}
+	fmt.Fprintf(&b, ": %v", e.Err)
+	if h := hint(e.Err, e.Topic); h != "" {
+		b.WriteString(": ")
+		b.WriteString(h)
+	}
+	return b.String()
+}
+
+// Unwrap returns Err.
+func (e *RecordError) Unwrap() error { return e.Err }
+
+// Class returns Classify(e.Err).
+func (e *RecordError) Class() ErrorClass { return Classify(e.Err) }
+
+// RecordRejected reports whether the record itself was refused (Classify
+// says ClassRecord): retrying it cannot help, a dead-letter topic can.
+func (e *RecordError) RecordRejected() bool { return e.Class() == ClassRecord }
+
+// RecordTooLarge reports whether the record was refused for its size.
+func (e *RecordError) RecordTooLarge() bool {
+	if !e.RecordRejected() {
+		return false
+	}
+	var ce sarama.ConfigurationError
+	return errors.Is(e.Err, sarama.ErrMessageSizeTooLarge) ||
+		errors.Is(e.Err, sarama.ErrInvalidMessageSize) || errors.As(e.Err, &ce)
+}
+
+// printableTopic quotes a topic that is not a legal name (it came from
+// the data) and shortens a very long one.
+func printableTopic(t string) string {
+	if validTopic(t) {
+		return t
+	}
+	if len(t) > 300 {
+		return fmt.Sprintf("%q...", t[:300])
+	}
+	return fmt.Sprintf("%q", t)
+}
+
+// hint says how to fix an infrastructure failure, or "" when there is
+// nothing specific to say.
+func hint(err error, topic string) string {
+	var ke sarama.KError
+	if errors.As(err, &ke) {
+		switch ke {
+		case sarama.ErrTopicAuthorizationFailed:
+			return fmt.Sprintf("grant WRITE on topic %s to the relay's principal", topic)
+		case sarama.ErrClusterAuthorizationFailed:
+			return "grant IDEMPOTENT_WRITE on the cluster to the relay's principal (the idempotent producer needs it on brokers before Kafka 2.8)"
+		case sarama.ErrUnknownTopicOrPartition:
+			return fmt.Sprintf("create topic %s or enable auto.create.topics.enable on the brokers", topic)
+		case sarama.ErrNotEnoughReplicas, sarama.ErrNotEnoughReplicasAfterAppend:
+			return fmt.Sprintf("fewer in-sync replicas than min.insync.replicas for topic %s; bring the replicas' brokers back or lower min.insync.replicas", topic)
+		case sarama.ErrLeaderNotAvailable, sarama.ErrNotLeaderForPartition, sarama.ErrBrokerNotAvailable, sarama.ErrReplicaNotAvailable:
+			return "the partition has no leader the producer can reach; check that its brokers are up"
+		case sarama.ErrRequestTimedOut, sarama.ErrNetworkException:
+			return "the broker did not answer in time; check the brokers and the network"
+		case sarama.ErrKafkaStorageError:
+			return "a log directory of the partition's leader failed; check that broker's disks"
+		case sarama.ErrMessageSizeTooLarge:
+			return fmt.Sprintf("topic %s's max.message.bytes (or the brokers' message.max.bytes) is below the producer's max message bytes; set the producer's to the topic's limit", topic)
+		case sarama.ErrMessageSetSizeTooLarge:
+			return fmt.Sprintf("a batch is larger than topic %s's segment.bytes; lower the batch bytes or the max message bytes", topic)
+		case sarama.ErrUnsupportedForMessageFormat:
+			return fmt.Sprintf("topic %s stores a message format older than 0.11, which has no record headers; raise its message.format.version", topic)
+		case sarama.ErrUnsupportedCompressionType:
+			return "the broker does not support the configured compression; choose another codec or check the Kafka version setting"
+		case sarama.ErrInvalidRequiredAcks, sarama.ErrUnsupportedVersion:
+			return "the broker does not accept the producer's settings; check the Kafka version setting against the brokers"
+		}
+		return ""
+	}
+	var op *net.OpError
+	switch {
+	case errors.Is(err, sarama.ErrOutOfBrokers), errors.Is(err, sarama.ErrNotConnected), errors.As(err, &op):
+		return "no broker could be reached; check that the brokers are up and reachable"
+	}
+	return ""
+}
+
+// validTopic reports whether Kafka accepts t as a topic name.
+func validTopic(t string) bool {
+	if len(t) == 0 || len(t) > 249 || t == "." || t == ".." {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
