@@ -454,8 +454,13 @@ func tlsHint(t KafkaTLS, err error) string {
 
 // Publish sends ev as one record: topic ev.Topic, key ev.AggregateID, value
 // ev.Payload (nil is a null value), headers id, event_type, aggregate_type
-// and then ev.Headers in order, timestamp ev.CreatedAt. Publish copies what
-// it needs: ev may be reused as soon as it returns.
+// and then ev.Headers in order, timestamp ev.CreatedAt.
+//
+// The record points into ev rather than copying the payload: ev and the
+// slices it points to (Payload, header values) must stay valid and
+// unmodified until ack is called. After ack(nil) they may be reused; after
+// an error ack, once the caller no longer needs them. If Publish returns an
+// error, the sink keeps nothing of ev.
 //
 // It blocks while MaxInFlight records are unacknowledged (backpressure). It
 // returns ctx.Err() if ctx has ended or ends while it waits, and ErrClosed
@@ -485,7 +490,7 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 		// Nothing else in flight: a stall is measured from now.
 		k.lastProgress.Store(time.Now().UnixNano())
 	}
-	msg := newRecord(ev, ack)
+	msg := &newRecord(ev, ack).msg
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.closed {

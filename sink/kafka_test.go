@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -154,20 +155,23 @@ func TestKafkaRecordMapping(t *testing.T) {
 		},
 	}
 	a := newAcks(len(events))
+	published := make([]decoder.Event, len(events))
 	for i := range events {
-		ev := events[i] // Publish must copy: scribble over ev afterwards
-		if err := k.Publish(t.Context(), &ev, a.fn(i)); err != nil {
+		published[i] = events[i]
+		published[i].Payload = bytes.Clone(events[i].Payload)
+		if err := k.Publish(t.Context(), &published[i], a.fn(i)); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
-		clear(ev.Payload)
-		ev.ID, ev.Topic = "scribbled", "scribbled"
 	}
 	a.wait(t, true)
 	if n := k.InFlight(); n != 0 {
 		t.Fatalf("InFlight() = %d after every ack", n)
 	}
-	// The test scribbled over its copies' payload bytes, which alias events'.
-	events[0].Payload = []byte(`{"total":3}`)
+	// After ack(nil) the caller may reuse the event and its payload.
+	for i := range published {
+		clear(published[i].Payload)
+		published[i].ID, published[i].Topic = "scribbled", "scribbled"
+	}
 
 	recs := consume(t, c, "outbox.order", len(events))
 	byID := map[string]*kgo.Record{}

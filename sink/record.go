@@ -14,22 +14,30 @@ var (
 	headerAggregateType = []byte("aggregate_type")
 )
 
+// emptyValue stands in for a nil header value, which sarama would send as
+// a null value rather than an empty one.
+var emptyValue = []byte{}
+
 // inlineHeaders is how many headers fit in a record without another
 // allocation: the three fixed ones and a few of the event's.
 const inlineHeaders = 8
 
-// record is one published event: the sarama message plus everything it
-// points to, in (usually) two allocations, the record and one byte buffer.
-// The message's Metadata points back to the record, so the ack goroutine
-// finds the ack without a map lookup; its Key and Value are the record
-// itself seen as a sarama.Encoder, which boxes without allocating.
+// record is one published event: the sarama message plus what it points
+// to. The payload and the header values are the event's own slices, not
+// copies (Publish's contract keeps them unmodified until the ack), so a
+// large payload is held once; the small strings are copied into one
+// buffer, since sarama needs them as bytes. The message's Metadata points
+// back to the record, so the ack goroutine finds the ack without a map
+// lookup; its Key and Value are the record itself seen as a
+// sarama.Encoder, which boxes without allocating.
 type record struct {
-	msg     sarama.ProducerMessage
-	ack     func(error)
-	id      string // the event id, for error messages
-	buf     []byte // key, then payload, then header bytes
-	keyLen  int
-	valLen  int
+	msg    sarama.ProducerMessage
+	ack    func(error)
+	id     string // the event id, for error messages
+	value  []byte // the event's payload
+	buf    []byte // key, then the small header bytes
+	keyLen int
+
 	headers [inlineHeaders]sarama.RecordHeader
 }
 
@@ -38,33 +46,29 @@ type (
 	recordValue record
 )
 
-// Encode returns the key bytes. Called more than once (partitioner,
-// request encoding), so it returns the stored bytes rather than converting.
+// Encode returns the key bytes. Called more than once (request encoding,
+// retries), so it returns the stored bytes rather than converting.
 func (k *recordKey) Encode() ([]byte, error) { return k.buf[:k.keyLen:k.keyLen], nil }
 
 // Length returns the key length.
 func (k *recordKey) Length() int { return k.keyLen }
 
 // Encode returns the payload bytes.
-func (v *recordValue) Encode() ([]byte, error) {
-	return v.buf[v.keyLen : v.keyLen+v.valLen : v.keyLen+v.valLen], nil
-}
+func (v *recordValue) Encode() ([]byte, error) { return v.value, nil }
 
 // Length returns the payload length.
-func (v *recordValue) Length() int { return v.valLen }
+func (v *recordValue) Length() int { return len(v.value) }
 
-// newRecord maps ev to a producer message carrying ack. It copies every
-// byte it needs, so the caller may reuse ev and its slices.
-func newRecord(ev *decoder.Event, ack func(error)) *sarama.ProducerMessage {
-	n := len(ev.AggregateID) + len(ev.Payload) + len(ev.ID) + len(ev.EventType) + len(ev.AggregateType)
+// newRecord maps ev to a record carrying ack. It keeps ev.Payload and the
+// header values, and copies the rest.
+func newRecord(ev *decoder.Event, ack func(error)) *record {
+	n := len(ev.AggregateID) + len(ev.ID) + len(ev.EventType) + len(ev.AggregateType)
 	for _, h := range ev.Headers {
-		n += len(h.Key) + len(h.Value)
+		n += len(h.Key)
 	}
-	r := &record{ack: ack, id: ev.ID, buf: make([]byte, 0, n)}
+	r := &record{ack: ack, id: ev.ID, value: ev.Payload, buf: make([]byte, 0, n)}
 	r.buf = append(r.buf, ev.AggregateID...)
 	r.keyLen = len(ev.AggregateID)
-	r.buf = append(r.buf, ev.Payload...)
-	r.valLen = len(ev.Payload)
 
 	hs := r.headers[:0]
 	if nh := 3 + len(ev.Headers); nh > inlineHeaders {
@@ -76,8 +80,11 @@ func newRecord(ev *decoder.Event, ack func(error)) *sarama.ProducerMessage {
 		sarama.RecordHeader{Key: headerAggregateType, Value: appendBytes(r, ev.AggregateType)},
 	)
 	for _, h := range ev.Headers {
-		k := appendBytes(r, h.Key)
-		hs = append(hs, sarama.RecordHeader{Key: k, Value: appendBytes(r, h.Value)})
+		v := h.Value
+		if v == nil {
+			v = emptyValue
+		}
+		hs = append(hs, sarama.RecordHeader{Key: appendBytes(r, h.Key), Value: v})
 	}
 
 	r.msg = sarama.ProducerMessage{
@@ -90,12 +97,12 @@ func newRecord(ev *decoder.Event, ack func(error)) *sarama.ProducerMessage {
 	if ev.Payload != nil {
 		r.msg.Value = (*recordValue)(r)
 	}
-	return &r.msg
+	return r
 }
 
 // appendBytes copies s into r.buf, which has room for it, and returns the
 // copy.
-func appendBytes[S string | []byte](r *record, s S) []byte {
+func appendBytes(r *record, s string) []byte {
 	start := len(r.buf)
 	r.buf = append(r.buf, s...)
 	return r.buf[start:len(r.buf):len(r.buf)]
