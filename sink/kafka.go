@@ -83,6 +83,10 @@ const (
 	DefaultVersion     = "2.1.0"
 	DefaultMaxInFlight = 10000
 	DefaultFlushBytes  = 1 << 20
+	// DefaultMaxMessageBytes is sarama's default Producer.MaxMessageBytes;
+	// Kafka's default message.max.bytes (1048588) leaves room for the batch
+	// framing around a record of that size.
+	DefaultMaxMessageBytes = 1 << 20
 	// DefaultFlushFrequency is short because a batch also grows while the
 	// previous request to its broker is in flight (one at a time): under
 	// load batches stay large, and at a few thousand events a second the
@@ -108,8 +112,9 @@ const (
 )
 
 // KafkaConfig configures a Kafka sink. Zero values take the defaults above.
-// The delivery settings DESIGN.md §2 relies on (idempotent producer,
-// acks=all, one open request per broker) are fixed and not configurable.
+// The delivery settings no loss and per-key order rely on (idempotent
+// producer, acks=all, one open request per broker) are fixed and not
+// configurable.
 type KafkaConfig struct {
 	// Brokers are the bootstrap addresses, host:port.
 	Brokers []string
@@ -127,9 +132,19 @@ type KafkaConfig struct {
 	// bytes, or FlushFrequency after its first record, whichever is first;
 	// a batch also grows while the previous request to its broker is in
 	// flight. Defaults: no message count, 1 MiB, 250us.
+	// FlushBytes is when to send, not a cap: a record larger than it is
+	// sent at once, in a batch of its own.
 	FlushMessages  int
 	FlushBytes     int
 	FlushFrequency time.Duration
+	// MaxMessageBytes is the largest record the producer sends, counted as
+	// sarama counts it (key, value, headers and the record's framing).
+	// Publish refuses a larger one as a record error before sending
+	// anything, and it caps a batch of one partition. Set it to the
+	// topic's max.message.bytes (the brokers' message.max.bytes) or below:
+	// above it, the broker refuses whole batches of smaller records.
+	// Default 1 MiB.
+	MaxMessageBytes int
 	// Compression is none (default), gzip, snappy, lz4 or zstd (zstd needs
 	// Version 2.1.0 or later).
 	Compression string
@@ -174,6 +189,9 @@ func (c KafkaConfig) withDefaults() KafkaConfig {
 	}
 	if c.FlushBytes == 0 {
 		c.FlushBytes = DefaultFlushBytes
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	if c.FlushFrequency == 0 {
 		c.FlushFrequency = DefaultFlushFrequency
@@ -252,6 +270,11 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 		return nil, fmt.Errorf("kafka flush messages %d is negative", c.FlushMessages)
 	case c.FlushBytes < 0:
 		return nil, fmt.Errorf("kafka flush bytes %d is negative", c.FlushBytes)
+	case c.MaxMessageBytes < 1:
+		return nil, fmt.Errorf("kafka max message bytes %d is below 1", c.MaxMessageBytes)
+	case c.MaxMessageBytes >= int(sarama.MaxRequestSize):
+		// sarama ignores a larger value.
+		return nil, fmt.Errorf("kafka max message bytes %d is not below the largest request the producer sends (%d)", c.MaxMessageBytes, sarama.MaxRequestSize)
 	case c.FlushFrequency < 0:
 		return nil, fmt.Errorf("kafka flush frequency %s is negative", c.FlushFrequency)
 	case c.RetryMax < 0:
@@ -292,7 +315,7 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 		sc.Net.Proxy.Enable = true
 		sc.Net.Proxy.Dialer = d
 	}
-	// Delivery guarantees (DESIGN.md §2): no loss, per-key order on retry.
+	// Delivery guarantees: no loss, per-key order on retry.
 	sc.Producer.Idempotent = true
 	sc.Producer.RequiredAcks = sarama.WaitForAll
 	sc.Net.MaxOpenRequests = 1
@@ -300,6 +323,7 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 	sc.Producer.Return.Errors = true
 	// Java-compatible key hashing, so other producers agree on partitions.
 	sc.Producer.Partitioner = sarama.NewCustomPartitioner(sarama.WithAbsFirst(), sarama.WithCustomHashFunction(newMurmur2))
+	sc.Producer.MaxMessageBytes = c.MaxMessageBytes
 	sc.Producer.Compression = codec
 	sc.Producer.Flush.Messages = c.FlushMessages
 	sc.Producer.Flush.Bytes = c.FlushBytes
@@ -324,6 +348,8 @@ type Kafka struct {
 	producer sarama.AsyncProducer
 	log      *slog.Logger
 	brokers  string
+
+	maxMessageBytes int
 
 	// slots is the in-flight semaphore: Publish fills a slot, the ack
 	// goroutine empties it after calling the ack.
@@ -375,19 +401,20 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		return nil, fmt.Errorf("starting Kafka producer for brokers %s: %w", brokers, err)
 	}
 	k := &Kafka{
-		producer: p,
-		log:      cfg.Logger,
-		brokers:  brokers,
-		slots:    make(chan struct{}, cfg.MaxInFlight),
-		closing:  make(chan struct{}),
-		ackDone:  make(chan struct{}),
+		producer:        p,
+		log:             cfg.Logger,
+		brokers:         brokers,
+		maxMessageBytes: cfg.MaxMessageBytes,
+		slots:           make(chan struct{}, cfg.MaxInFlight),
+		closing:         make(chan struct{}),
+		ackDone:         make(chan struct{}),
 	}
 	k.stallWarning = cfg.StallWarning
 	k.lastProgress.Store(time.Now().UnixNano())
 	go k.acks()
 	go k.watchStalls()
 	k.log.Info("connected to Kafka", "brokers", brokers, "client_id", cfg.ClientID, "version", cfg.Version, "max_in_flight", cfg.MaxInFlight,
-		"compression", cfg.Compression, "tls", cfg.TLS.Enabled(), "sasl", cfg.SASL)
+		"max_message_bytes", cfg.MaxMessageBytes, "compression", cfg.Compression, "tls", cfg.TLS.Enabled(), "sasl", cfg.SASL)
 	return k, nil
 }
 
@@ -466,6 +493,11 @@ func tlsHint(t KafkaTLS, err error) string {
 // returns ctx.Err() if ctx has ended or ends while it waits, and ErrClosed
 // once Close has begun.
 //
+// An error with RecordRejected() true (a *RecordError wrapping
+// ErrInvalidTopicName or ErrRecordTooLarge) means this record was refused
+// and nothing was sent; the caller decides (dead-letter or stop) and may
+// go on publishing.
+//
 // If Publish returns nil, ack is called exactly once, from the ack
 // goroutine: with nil once the broker acknowledged the record (acks=all),
 // or with the error that survived the producer's retries. If Publish
@@ -474,6 +506,15 @@ func tlsHint(t KafkaTLS, err error) string {
 func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	// Checked here, synchronously, so that nothing published later can
+	// reach the broker ahead of a refused record.
+	if !validTopic(ev.Topic) {
+		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: -1, Err: ErrInvalidTopicName}
+	}
+	if size := recordSize(ev); size > k.maxMessageBytes {
+		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: -1,
+			Err: fmt.Errorf("%w: %d bytes (key, value, headers and record framing) over the limit of %d; nothing was sent", ErrRecordTooLarge, size, k.maxMessageBytes)}
 	}
 	select {
 	case k.slots <- struct{}{}:

@@ -32,12 +32,25 @@ func (c ErrorClass) String() string {
 	return "infra"
 }
 
-// Classify returns the class of an error from the Kafka sink. Every error
-// code sarama knows is classified explicitly (kerrorClasses); anything
-// else is ClassInfra, as is nil.
+// Errors of Publish's own checks; Classify knows each.
+var (
+	// ErrRecordTooLarge is wrapped by Publish's error for a record larger
+	// than KafkaConfig.MaxMessageBytes. Record class.
+	ErrRecordTooLarge = errors.New("record larger than the producer's max message bytes")
+	// ErrInvalidTopicName is wrapped by Publish's error for a topic Kafka
+	// does not accept as a name. Record class.
+	ErrInvalidTopicName = errors.New("not a legal Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'; not \".\" or \"..\")")
+)
+
+// Classify returns the class of an error from the Kafka sink: an ack's
+// error or Publish's. Every error code sarama knows is classified
+// explicitly (kerrorClasses); anything else is ClassInfra, as is nil.
 func Classify(err error) ErrorClass {
-	if err == nil {
+	switch {
+	case err == nil:
 		return ClassInfra
+	case errors.Is(err, ErrRecordTooLarge), errors.Is(err, ErrInvalidTopicName):
+		return ClassRecord
 	}
 	var ce sarama.ConfigurationError
 	if errors.As(err, &ce) && strings.Contains(string(ce), "MaxMessageBytes") {
@@ -150,15 +163,16 @@ var kerrorClasses = map[sarama.KError]ErrorClass{
 	sarama.ErrInvalidUpdateVersion:               ClassInfra,
 }
 
-// RecordError is the error of one record, from its ack when the broker or
-// the producer failed it.
+// RecordError is the error of one record: from Publish when the record
+// was refused before anything was sent, or from its ack when the broker
+// or the producer failed it.
 type RecordError struct {
 	// EventID is the event's id.
 	EventID string
 	// Topic is the record's topic.
 	Topic string
-	// Partition is the record's partition, or -1 when it failed before
-	// one was chosen.
+	// Partition is the record's partition, or -1 when it was refused
+	// before one was chosen.
 	Partition int32
 	// Err is what went wrong; Classify(Err) is the record's class.
 	Err error
@@ -184,8 +198,9 @@ func (e *RecordError) Unwrap() error { return e.Err }
 // Class returns Classify(e.Err).
 func (e *RecordError) Class() ErrorClass { return Classify(e.Err) }
 
-// RecordRejected reports whether the record itself was refused (Classify
-// says ClassRecord): retrying it cannot help, a dead-letter topic can.
+// RecordRejected reports whether the record itself was refused, by the
+// broker or by Publish's checks (Classify says ClassRecord): retrying it
+// cannot help, a dead-letter topic can.
 func (e *RecordError) RecordRejected() bool { return e.Class() == ClassRecord }
 
 // RecordTooLarge reports whether the record was refused for its size.
@@ -194,7 +209,7 @@ func (e *RecordError) RecordTooLarge() bool {
 		return false
 	}
 	var ce sarama.ConfigurationError
-	return errors.Is(e.Err, sarama.ErrMessageSizeTooLarge) ||
+	return errors.Is(e.Err, ErrRecordTooLarge) || errors.Is(e.Err, sarama.ErrMessageSizeTooLarge) ||
 		errors.Is(e.Err, sarama.ErrInvalidMessageSize) || errors.As(e.Err, &ce)
 }
 

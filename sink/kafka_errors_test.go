@@ -2,6 +2,7 @@ package sink
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -51,6 +52,8 @@ func TestClassify(t *testing.T) {
 		{"invalid timestamp", sarama.ErrInvalidTimestamp, ClassRecord},
 		{"invalid topic", sarama.ErrInvalidTopic, ClassRecord},
 		{"sarama's own size check", sarama.ConfigurationError("Attempt to produce message larger than configured Producer.MaxMessageBytes: 2000 > 1000"), ClassRecord},
+		{"Publish's size check", fmt.Errorf("%w: 2000 bytes", ErrRecordTooLarge), ClassRecord},
+		{"Publish's topic check", ErrInvalidTopicName, ClassRecord},
 		{"in a RecordError", &RecordError{Err: sarama.ErrInvalidRecord}, ClassRecord},
 		{"in a sarama ProducerError", sarama.ProducerError{Msg: &sarama.ProducerMessage{}, Err: sarama.ErrInvalidRecord}, ClassRecord},
 
@@ -101,9 +104,11 @@ func TestRecordTooLarge(t *testing.T) {
 		err  error
 		want bool
 	}{
+		{fmt.Errorf("%w: 2000 bytes", ErrRecordTooLarge), true},
 		{sarama.ErrMessageSizeTooLarge, true},
 		{sarama.ConfigurationError("Attempt to produce message larger than configured Producer.MaxMessageBytes: 2000 > 1000"), true},
 		{sarama.ErrInvalidRecord, false},
+		{ErrInvalidTopicName, false},
 	} {
 		if got := (&RecordError{Err: tt.err}).RecordTooLarge(); got != tt.want {
 			t.Errorf("RecordTooLarge() = %v for %v, want %v", got, tt.err, tt.want)

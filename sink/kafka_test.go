@@ -538,6 +538,9 @@ func TestKafkaConfigValidate(t *testing.T) {
 		{"cap below 1", func(c *KafkaConfig) { c.MaxInFlight = -1 }, "in-flight"},
 		{"negative retries", func(c *KafkaConfig) { c.RetryMax = -1 }, "retry max"},
 		{"negative linger", func(c *KafkaConfig) { c.FlushFrequency = -time.Second }, "flush frequency"},
+		{"max message bytes below 1", func(c *KafkaConfig) { c.MaxMessageBytes = -1 }, "max message bytes -1 is below 1"},
+		{"max message bytes sarama would ignore", func(c *KafkaConfig) { c.MaxMessageBytes = 100 << 20 }, "max message bytes 104857600 is not below"},
+		{"max message bytes above the batch bytes", func(c *KafkaConfig) { c.MaxMessageBytes, c.FlushBytes = 8<<20, 64<<10 }, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := ok

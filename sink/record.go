@@ -1,6 +1,8 @@
 package sink
 
 import (
+	"encoding/binary"
+
 	"github.com/IBM/sarama"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
@@ -113,4 +115,21 @@ func (r *record) done(err error) {
 	if r.ack != nil {
 		r.ack(err)
 	}
+}
+
+// recordSize is the size of ev's record as sarama counts it against
+// Producer.MaxMessageBytes (ProducerMessage.ByteSize for record batches,
+// message format 2): key, value, headers and the most a record's framing
+// can take.
+func recordSize(ev *decoder.Event) int {
+	const (
+		recordOverhead = 5*binary.MaxVarintLen32 + binary.MaxVarintLen64 + 1
+		headerOverhead = 2 * binary.MaxVarintLen32
+	)
+	n := recordOverhead + len(ev.AggregateID) + len(ev.Payload)
+	n += len(headerID) + len(ev.ID) + len(headerEventType) + len(ev.EventType) + len(headerAggregateType) + len(ev.AggregateType) + 3*headerOverhead
+	for _, h := range ev.Headers {
+		n += len(h.Key) + len(h.Value) + headerOverhead
+	}
+	return n
 }

@@ -2,9 +2,27 @@ package sink
 
 import (
 	"testing"
+	"time"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
 )
+
+// TestRecordSizeIsSaramas: Publish's size check counts what sarama's
+// counts against Producer.MaxMessageBytes.
+func TestRecordSizeIsSaramas(t *testing.T) {
+	for _, ev := range []decoder.Event{
+		{},
+		{ID: "0195f3b2-7c1e-7000-8000-000000000001", AggregateType: "order", AggregateID: "order-1", EventType: "created",
+			Topic: "outbox.order", Payload: []byte(`{"total":3}`), CreatedAt: time.Now()},
+		{ID: "x", AggregateID: "k", Payload: []byte{}, Headers: []decoder.Header{{Key: "trace", Value: []byte("abc")}, {Key: "nil"}}},
+		{ID: "x", AggregateID: "k", Payload: make([]byte, 100_000), Headers: make([]decoder.Header, 12)},
+	} {
+		r := newRecord(&ev, nil)
+		if got, want := recordSize(&ev), r.msg.ByteSize(2); got != want {
+			t.Errorf("recordSize = %d, sarama's ByteSize = %d for %+v", got, want, ev.Headers)
+		}
+	}
+}
 
 // TestRecordKeepsThePayload: the record points at the event's payload; a
 // 900 KB payload is not held twice while in flight.

@@ -26,6 +26,9 @@ func kafkaFlags() []cli.Flag {
 			Usage: "send a batch once it holds this many bytes"},
 		&cli.DurationFlag{Name: "kafka-linger", Value: sink.DefaultFlushFrequency, EnvVars: env("KAFKA_LINGER"),
 			Usage: "send a batch this long after its first record at the latest"},
+		&cli.IntFlag{Name: "kafka-max-message-bytes", Value: sink.DefaultMaxMessageBytes, EnvVars: env("KAFKA_MAX_MESSAGE_BYTES"),
+			Usage: "largest record sent (key, value, headers and framing); a larger one is a record error, dead-lettered or stopped at, never sent. " +
+				"Set it to the topic's max.message.bytes (the brokers' message.max.bytes) or below"},
 
 		&cli.BoolFlag{Name: "kafka-tls", EnvVars: env("KAFKA_TLS"),
 			Usage: "connect to the brokers with TLS (implied by any other --kafka-tls-* flag)"},
@@ -55,14 +58,15 @@ func kafkaFlags() []cli.Flag {
 // kafkaConfig turns the Kafka flags into a validated sink.KafkaConfig.
 func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
 	cfg := sink.KafkaConfig{
-		Brokers:        splitList(c.StringSlice("kafka-brokers")),
-		ClientID:       c.String("kafka-client-id"),
-		Version:        c.String("kafka-version"),
-		MaxInFlight:    c.Int("max-in-flight"),
-		Compression:    c.String("kafka-compression"),
-		FlushMessages:  c.Int("kafka-batch-messages"),
-		FlushBytes:     c.Int("kafka-batch-bytes"),
-		FlushFrequency: c.Duration("kafka-linger"),
+		Brokers:         splitList(c.StringSlice("kafka-brokers")),
+		ClientID:        c.String("kafka-client-id"),
+		Version:         c.String("kafka-version"),
+		MaxInFlight:     c.Int("max-in-flight"),
+		Compression:     c.String("kafka-compression"),
+		FlushMessages:   c.Int("kafka-batch-messages"),
+		FlushBytes:      c.Int("kafka-batch-bytes"),
+		FlushFrequency:  c.Duration("kafka-linger"),
+		MaxMessageBytes: c.Int("kafka-max-message-bytes"),
 		TLS: sink.KafkaTLS{
 			Enable:             c.Bool("kafka-tls"),
 			CAFile:             c.String("kafka-tls-ca"),

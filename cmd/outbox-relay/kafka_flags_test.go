@@ -69,7 +69,7 @@ func TestKafkaFlagsDefaults(t *testing.T) {
 	}
 	want := sink.KafkaConfig{
 		Brokers: []string{"localhost:9092"}, ClientID: "outbox-relay", Version: "2.1.0", MaxInFlight: 10000,
-		Compression: "none", FlushBytes: 1 << 20, FlushFrequency: 250 * time.Microsecond,
+		Compression: "none", FlushBytes: 1 << 20, FlushFrequency: 250 * time.Microsecond, MaxMessageBytes: 1 << 20,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
@@ -82,6 +82,7 @@ func TestKafkaFlagsBuildTheConfig(t *testing.T) {
 		"--kafka-brokers", "k1:9093,k2:9093", "--kafka-brokers", "k3:9093",
 		"--max-in-flight", "500", "--kafka-client-id", "billing-relay", "--kafka-version", "3.6.0",
 		"--kafka-compression", "zstd", "--kafka-batch-messages", "1000", "--kafka-batch-bytes", "65536", "--kafka-linger", "5ms",
+		"--kafka-max-message-bytes", "2097152",
 		"--kafka-tls", "--kafka-tls-server-name", "kafka.internal",
 		"--kafka-sasl-mechanism", "SCRAM-SHA-512", "--kafka-sasl-user", "relay", "--kafka-sasl-password", "s3cret",
 	)
@@ -90,7 +91,7 @@ func TestKafkaFlagsBuildTheConfig(t *testing.T) {
 	}
 	want := sink.KafkaConfig{
 		Brokers: []string{"k1:9093", "k2:9093", "k3:9093"}, MaxInFlight: 500, ClientID: "billing-relay", Version: "3.6.0",
-		Compression: "zstd", FlushMessages: 1000, FlushBytes: 65536, FlushFrequency: 5 * time.Millisecond,
+		Compression: "zstd", FlushMessages: 1000, FlushBytes: 65536, FlushFrequency: 5 * time.Millisecond, MaxMessageBytes: 2097152,
 		TLS:  sink.KafkaTLS{Enable: true, ServerName: "kafka.internal"},
 		SASL: sink.KafkaSASL{Mechanism: "SCRAM-SHA-512", User: "relay", Password: "s3cret"},
 	}
@@ -107,7 +108,7 @@ func TestKafkaFlagsFromTheEnvironment(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "no-such-ca.pem")
 	for name, value := range map[string]string{
 		"KAFKA_BROKERS": "e1:9093,e2:9093", "KAFKA_COMPRESSION": "lz4", "KAFKA_BATCH_MESSAGES": "7",
-		"KAFKA_BATCH_BYTES": "4096", "KAFKA_LINGER": "20ms", "KAFKA_CLIENT_ID": "env-relay",
+		"KAFKA_BATCH_BYTES": "4096", "KAFKA_LINGER": "20ms", "KAFKA_CLIENT_ID": "env-relay", "KAFKA_MAX_MESSAGE_BYTES": "524288",
 		"KAFKA_TLS_INSECURE_SKIP_VERIFY": "true",
 		"KAFKA_SASL_MECHANISM":           "plain", "KAFKA_SASL_USER": "envuser", "KAFKA_SASL_PASSWORD": "env-pw-123",
 	} {
@@ -119,7 +120,7 @@ func TestKafkaFlagsFromTheEnvironment(t *testing.T) {
 	}
 	want := sink.KafkaConfig{
 		Brokers: []string{"e1:9093", "e2:9093"}, MaxInFlight: 10000, ClientID: "env-relay", Version: "2.1.0",
-		Compression: "lz4", FlushMessages: 7, FlushBytes: 4096, FlushFrequency: 20 * time.Millisecond,
+		Compression: "lz4", FlushMessages: 7, FlushBytes: 4096, FlushFrequency: 20 * time.Millisecond, MaxMessageBytes: 524288,
 		TLS:  sink.KafkaTLS{InsecureSkipVerify: true},
 		SASL: sink.KafkaSASL{Mechanism: "plain", User: "envuser", Password: "env-pw-123"},
 	}
@@ -155,6 +156,8 @@ func TestKafkaFlagsBadInputIsAUsageError(t *testing.T) {
 		{[]string{"--kafka-tls-ca", notPEM}, notPEM},
 		{[]string{"--kafka-compression", "brotli"}, "brotli"},
 		{[]string{"--kafka-linger", "-1s"}, "negative"},
+		{[]string{"--kafka-max-message-bytes", "-1"}, "max message bytes -1"},
+		{[]string{"--kafka-max-message-bytes", "104857600"}, "max message bytes 104857600"},
 		{[]string{"--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-user", "u", "--kafka-sasl-password", "pw-x1"}, "clear text"},
 	} {
 		_, err := parseKafka(t, tt.args...)
@@ -205,7 +208,7 @@ func TestRunHelpShowsNoKafkaSecret(t *testing.T) {
 			t.Fatalf("%v: %v", args, err)
 		}
 		for _, flag := range []string{"--kafka-tls-ca", "--kafka-sasl-mechanism", "--kafka-sasl-password", "--kafka-sasl-allow-plaintext", "--kafka-batch-messages", "--kafka-linger",
-			"OUTBOX_RELAY_KAFKA_SASL_PASSWORD"} {
+			"--kafka-max-message-bytes", "OUTBOX_RELAY_KAFKA_SASL_PASSWORD", "OUTBOX_RELAY_KAFKA_MAX_MESSAGE_BYTES"} {
 			if !strings.Contains(out, flag) {
 				t.Errorf("%v: help does not document %s", args, flag)
 			}
