@@ -321,8 +321,9 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 	sc.Net.MaxOpenRequests = 1
 	sc.Producer.Return.Successes = true
 	sc.Producer.Return.Errors = true
-	// Java-compatible key hashing, so other producers agree on partitions.
-	sc.Producer.Partitioner = sarama.NewCustomPartitioner(sarama.WithAbsFirst(), sarama.WithCustomHashFunction(newMurmur2))
+	// Publish chooses the partition (partitionOf), so that it knows it
+	// before sarama has the record.
+	sc.Producer.Partitioner = sarama.NewManualPartitioner
 	sc.Producer.MaxMessageBytes = c.MaxMessageBytes
 	sc.Producer.Compression = codec
 	sc.Producer.Flush.Messages = c.FlushMessages
@@ -342,9 +343,11 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 
 // Kafka publishes events to Kafka through sarama's AsyncProducer.
 //
-// Goroutines: the caller's (Publish), the ack goroutine (calls every ack),
-// and sarama's own. Close waits for the ack goroutine.
+// Goroutines: the callers' (Publish, Close), the ack goroutine (calls
+// every ack), the stall watcher, a metadata lookup for the first record of
+// each topic, and sarama's own. Close ends them.
 type Kafka struct {
+	client   sarama.Client
 	producer sarama.AsyncProducer
 	log      *slog.Logger
 	brokers  string
@@ -354,6 +357,12 @@ type Kafka struct {
 	// slots is the in-flight semaphore: Publish fills a slot, the ack
 	// goroutine empties it after calling the ack.
 	slots chan struct{}
+	// blocked holds the first failure of each partition that had one.
+	blocked partitionBlocks
+	// knownTopics holds the topics whose partitions sarama has cached, so
+	// Publish looks them up without waiting on a broker.
+	knownTopics sync.Map
+	lookups     sync.WaitGroup
 
 	// closing is closed by Close to wake Publish calls blocked at the cap.
 	closing chan struct{}
@@ -390,7 +399,15 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	if m, _ := cfg.SASL.mechanism(); m == SASLPlain && !cfg.TLS.Enabled() {
 		cfg.Logger.Warn("Kafka SASL PLAIN without TLS sends the password in clear text (allowed explicitly for a trusted network); enable TLS", "brokers", brokers, "user", cfg.SASL.User)
 	}
-	p, err := sarama.NewAsyncProducer(cfg.Brokers, sc)
+	// The producer runs on a client of our own, whose partition metadata
+	// Publish reads to choose a record's partition as sarama would.
+	client, err := sarama.NewClient(cfg.Brokers, sc)
+	var p sarama.AsyncProducer
+	if err == nil {
+		if p, err = sarama.NewAsyncProducerFromClient(client); err != nil {
+			_ = client.Close()
+		}
+	}
 	if err != nil {
 		if rerr := rejected(cfg, sc, err); rerr != nil {
 			return nil, rerr
@@ -401,6 +418,7 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		return nil, fmt.Errorf("starting Kafka producer for brokers %s: %w", brokers, err)
 	}
 	k := &Kafka{
+		client:          client,
 		producer:        p,
 		log:             cfg.Logger,
 		brokers:         brokers,
@@ -408,8 +426,8 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		slots:           make(chan struct{}, cfg.MaxInFlight),
 		closing:         make(chan struct{}),
 		ackDone:         make(chan struct{}),
+		stallWarning:    cfg.StallWarning,
 	}
-	k.stallWarning = cfg.StallWarning
 	k.lastProgress.Store(time.Now().UnixNano())
 	go k.acks()
 	go k.watchStalls()
@@ -489,23 +507,34 @@ func tlsHint(t KafkaTLS, err error) string {
 // an error ack, once the caller no longer needs them. If Publish returns an
 // error, the sink keeps nothing of ev.
 //
-// It blocks while MaxInFlight records are unacknowledged (backpressure). It
-// returns ctx.Err() if ctx has ended or ends while it waits, and ErrClosed
-// once Close has begun.
+// It blocks while MaxInFlight records are unacknowledged (backpressure),
+// and for the first record of a topic while the producer fetches the
+// topic's partitions. It returns ctx.Err() if ctx has ended or ends while
+// it waits, and ErrClosed once Close has begun.
 //
 // An error with RecordRejected() true (a *RecordError wrapping
 // ErrInvalidTopicName or ErrRecordTooLarge) means this record was refused
 // and nothing was sent; the caller decides (dead-letter or stop) and may
-// go on publishing.
+// go on publishing. A record of a partition that already had a failure is
+// refused with an error wrapping ErrPartitionBlocked (infra class): from
+// the moment a failure is reported, nothing more of its partition is handed
+// to the producer, so later records cannot overtake the failed one; a
+// fresh sink sends them again. (Records handed over before the failure was
+// reported may still go out: sarama cannot give them back.)
 //
 // If Publish returns nil, ack is called exactly once, from the ack
 // goroutine: with nil once the broker acknowledged the record (acks=all),
-// or with the error that survived the producer's retries. If Publish
-// returns an error, ack is never called. ack must not block, and must not
-// call Close.
+// or with a *RecordError (see Classify): the error that survived the
+// producer's retries, or ErrPartitionBlocked. If Publish returns an error,
+// ack is never called. ack must not block, and must not call Close.
 func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	select {
+	case <-k.closing:
+		return ErrClosed
+	default:
 	}
 	// Checked here, synchronously, so that nothing published later can
 	// reach the broker ahead of a refused record.
@@ -516,6 +545,11 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: -1,
 			Err: fmt.Errorf("%w: %d bytes (key, value, headers and record framing) over the limit of %d; nothing was sent", ErrRecordTooLarge, size, k.maxMessageBytes)}
 	}
+	r := newRecord(ev, ack)
+	if err := k.choosePartition(ctx, r); err != nil {
+		return err
+	}
+
 	select {
 	case k.slots <- struct{}{}:
 	default:
@@ -527,11 +561,14 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 			return ErrClosed
 		}
 	}
+	if first := k.blocked.get(r.msg.Topic, r.partition); first != nil {
+		<-k.slots
+		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: r.partition, Err: &partitionBlockedError{first}}
+	}
 	if len(k.slots) == 1 {
 		// Nothing else in flight: a stall is measured from now.
 		k.lastProgress.Store(time.Now().UnixNano())
 	}
-	msg := &newRecord(ev, ack).msg
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.closed {
@@ -539,7 +576,7 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 		return ErrClosed
 	}
 	select {
-	case k.producer.Input() <- msg:
+	case k.producer.Input() <- &r.msg:
 		return nil
 	case <-ctx.Done():
 		<-k.slots
@@ -548,6 +585,71 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 		<-k.slots
 		return ErrClosed
 	}
+}
+
+// choosePartition sets the partition r goes to, exactly as sarama's hash
+// partitioner with Java-compatible murmur2 would (WithAbsFirst), over the
+// partitions in the client's metadata, which sarama's partition step reads
+// too.
+func (k *Kafka) choosePartition(ctx context.Context, r *record) error {
+	parts, err := k.partitions(ctx, r.msg.Topic)
+	if err != nil {
+		if err == ctx.Err() || err == ErrClosed {
+			return err
+		}
+		return &RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: -1, Err: err}
+	}
+	choice := partitionOf(r.buf[:r.keyLen], int32(len(parts)))
+	// sarama maps the manual choice through the same sorted list.
+	r.msg.Partition = choice
+	r.partition = parts[choice]
+	return nil
+}
+
+// partitionOf is the partition of key among n: Kafka's default
+// partitioner for keyed records.
+func partitionOf(key []byte, n int32) int32 {
+	return int32(murmur2Sum(key)&0x7fffffff) % n
+}
+
+// partitions returns the topic's partitions from the client's metadata.
+// The first lookup of a topic may wait on a broker; it runs apart so that
+// Publish can stop waiting when ctx ends or the sink closes.
+func (k *Kafka) partitions(ctx context.Context, topic string) ([]int32, error) {
+	if _, ok := k.knownTopics.Load(topic); ok {
+		return checkPartitions(k.client.Partitions(topic))
+	}
+	type lookup struct {
+		parts []int32
+		err   error
+	}
+	done := make(chan lookup, 1)
+	k.lookups.Add(1)
+	go func() {
+		defer k.lookups.Done()
+		parts, err := checkPartitions(k.client.Partitions(topic))
+		done <- lookup{parts, err}
+	}()
+	select {
+	case l := <-done:
+		if l.err == nil {
+			k.knownTopics.Store(topic, struct{}{})
+		}
+		return l.parts, l.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-k.closing:
+		return nil, ErrClosed
+	}
+}
+
+// checkPartitions turns an empty partition list into the error sarama's
+// partition step would give.
+func checkPartitions(parts []int32, err error) ([]int32, error) {
+	if err == nil && len(parts) == 0 {
+		return nil, sarama.ErrLeaderNotAvailable
+	}
+	return parts, err
 }
 
 // InFlight returns how many published records have not had their ack
@@ -566,6 +668,9 @@ func (k *Kafka) Close() error {
 		k.mu.Unlock()
 		k.producer.AsyncClose()
 		<-k.ackDone
+		// The producer does not close a client it was given.
+		_ = k.client.Close()
+		k.lookups.Wait()
 		k.log.Info("Kafka producer closed", "brokers", k.brokers)
 	})
 	return nil
@@ -590,10 +695,26 @@ func (k *Kafka) acks() {
 				errs = nil
 				continue
 			}
-			pe.Msg.Metadata.(*record).done(produceError(pe))
+			r := pe.Msg.Metadata.(*record)
+			r.done(k.failure(r, pe.Err))
 		}
 		<-k.slots
 	}
+}
+
+// failure is the ack error of r, failed with cause. It blocks r's
+// partition for the rest of this producer's life: in idempotent mode
+// sarama fails the batch, bumps the producer epoch and lets the partition's
+// next batches go, which would land after the failed record. A record of a
+// partition that an earlier record blocked gets that record's failure
+// (ErrPartitionBlocked, infra class), since a broker refusing a batch
+// fails every record in it alike and only one of them need be at fault.
+func (k *Kafka) failure(r *record, cause error) error {
+	e := &RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: cause}
+	if first := k.blocked.block(e); first != e {
+		e.Err = &partitionBlockedError{first}
+	}
+	return e
 }
 
 // watchStalls logs once when in-flight records have gone unacknowledged
@@ -623,8 +744,41 @@ func (k *Kafka) watchStalls() {
 	}
 }
 
-// produceError is the ack error of a record the producer failed.
-func produceError(pe *sarama.ProducerError) error {
-	r := pe.Msg.Metadata.(*record)
-	return &RecordError{EventID: r.id, Topic: pe.Msg.Topic, Partition: pe.Msg.Partition, Err: pe.Err}
+// partitionBlocks holds the first failure of each topic partition.
+type partitionBlocks struct {
+	any atomic.Bool // spares Publish the lock while nothing failed
+	mu  sync.Mutex
+	m   map[topicPartition]*RecordError
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// block records e as its partition's failure unless one is recorded
+// already, and returns the partition's first failure.
+func (b *partitionBlocks) block(e *RecordError) *RecordError {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	tp := topicPartition{e.Topic, e.Partition}
+	if first, ok := b.m[tp]; ok {
+		return first
+	}
+	if b.m == nil {
+		b.m = make(map[topicPartition]*RecordError)
+	}
+	b.m[tp] = e
+	b.any.Store(true)
+	return e
+}
+
+// get returns the partition's first failure, or nil.
+func (b *partitionBlocks) get(topic string, partition int32) *RecordError {
+	if !b.any.Load() {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.m[topicPartition{topic, partition}]
 }

@@ -32,7 +32,7 @@ func (c ErrorClass) String() string {
 	return "infra"
 }
 
-// Errors of Publish's own checks; Classify knows each.
+// Errors of the Kafka sink's own making; Classify knows each.
 var (
 	// ErrRecordTooLarge is wrapped by Publish's error for a record larger
 	// than KafkaConfig.MaxMessageBytes. Record class.
@@ -40,6 +40,12 @@ var (
 	// ErrInvalidTopicName is wrapped by Publish's error for a topic Kafka
 	// does not accept as a name. Record class.
 	ErrInvalidTopicName = errors.New("not a legal Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'; not \".\" or \"..\")")
+	// ErrPartitionBlocked is wrapped by the error of a record refused (or
+	// failed) because an earlier record of its topic partition failed: the
+	// producer sends nothing more to that partition, so no later record
+	// can land before the failed one is dealt with. Infra class: a new
+	// session sends it again.
+	ErrPartitionBlocked = errors.New("not sent: an earlier record of this partition failed and the partition takes nothing more from this producer")
 )
 
 // Classify returns the class of an error from the Kafka sink: an ack's
@@ -48,6 +54,10 @@ var (
 func Classify(err error) ErrorClass {
 	switch {
 	case err == nil:
+		return ClassInfra
+	// Checked first: these wrap the error of another record, which may be
+	// record class.
+	case errors.Is(err, ErrPartitionBlocked), errors.Is(err, ErrClosed):
 		return ClassInfra
 	case errors.Is(err, ErrRecordTooLarge), errors.Is(err, ErrInvalidTopicName):
 		return ClassRecord
@@ -213,6 +223,22 @@ func (e *RecordError) RecordTooLarge() bool {
 		errors.Is(e.Err, sarama.ErrInvalidMessageSize) || errors.As(e.Err, &ce)
 }
 
+// partitionBlockedError is the error of a record of a partition that an
+// earlier record's failure blocked.
+type partitionBlockedError struct {
+	first *RecordError
+}
+
+func (e *partitionBlockedError) Error() string {
+	return fmt.Sprintf("%v; first failure: event %s: %v", ErrPartitionBlocked, e.first.EventID, e.first.Err)
+}
+
+// Is makes errors.Is(err, ErrPartitionBlocked) true.
+func (e *partitionBlockedError) Is(target error) bool { return target == ErrPartitionBlocked }
+
+// Unwrap returns the first failure, so errors.Is finds its cause too.
+func (e *partitionBlockedError) Unwrap() error { return e.first }
+
 // printableTopic quotes a topic that is not a legal name (it came from
 // the data) and shortens a very long one.
 func printableTopic(t string) string {
@@ -228,6 +254,9 @@ func printableTopic(t string) string {
 // hint says how to fix an infrastructure failure, or "" when there is
 // nothing specific to say.
 func hint(err error, topic string) string {
+	if errors.Is(err, ErrPartitionBlocked) {
+		return "" // the first failure's text carries its own
+	}
 	var ke sarama.KError
 	if errors.As(err, &ke) {
 		switch ke {

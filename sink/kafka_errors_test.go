@@ -39,6 +39,10 @@ func TestClassifyCoversEverySaramaErrorCode(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
+	blockedBy := func(err error) error {
+		return &RecordError{EventID: "2", Topic: "t", Partition: 1,
+			Err: &partitionBlockedError{&RecordError{EventID: "1", Topic: "t", Partition: 1, Err: err}}}
+	}
 	for _, tt := range []struct {
 		name string
 		err  error
@@ -83,6 +87,10 @@ func TestClassify(t *testing.T) {
 		{"anything else", errors.New("something new"), ClassInfra},
 		{"nil", nil, ClassInfra},
 		{"closed sink", ErrClosed, ClassInfra},
+		// A record behind a rejected one was not rejected itself.
+		{"blocked by a too large record", blockedBy(sarama.ErrMessageSizeTooLarge), ClassInfra},
+		{"blocked by an invalid record", blockedBy(sarama.ErrInvalidRecord), ClassInfra},
+		{"blocked by an authorization failure", blockedBy(sarama.ErrTopicAuthorizationFailed), ClassInfra},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := Classify(tt.err); got != tt.want {
@@ -109,6 +117,7 @@ func TestRecordTooLarge(t *testing.T) {
 		{sarama.ConfigurationError("Attempt to produce message larger than configured Producer.MaxMessageBytes: 2000 > 1000"), true},
 		{sarama.ErrInvalidRecord, false},
 		{ErrInvalidTopicName, false},
+		{&partitionBlockedError{&RecordError{Err: sarama.ErrMessageSizeTooLarge}}, false},
 	} {
 		if got := (&RecordError{Err: tt.err}).RecordTooLarge(); got != tt.want {
 			t.Errorf("RecordTooLarge() = %v for %v, want %v", got, tt.err, tt.want)
@@ -137,6 +146,15 @@ func TestRecordErrorSaysHowToFix(t *testing.T) {
 		if !strings.HasPrefix(msg, "producing event 0195-ev to topic outbox.order partition 2: ") || !strings.Contains(msg, tt.want) {
 			t.Errorf("%v: error %q, want the event, topic, partition and %q", tt.err, msg, tt.want)
 		}
+	}
+	// A blocked record names the failure it is blocked by, with its hint.
+	first := &RecordError{EventID: "ev-1", Topic: "outbox.order", Partition: 2, Err: sarama.ErrTopicAuthorizationFailed}
+	blocked := &RecordError{EventID: "ev-2", Topic: "outbox.order", Partition: 2, Err: &partitionBlockedError{first}}
+	if msg := blocked.Error(); !strings.Contains(msg, "ev-2") || !strings.Contains(msg, "event ev-1") || !strings.Contains(msg, "authoriz") {
+		t.Errorf("blocked record error %q should name itself and the first failure", msg)
+	}
+	if !errors.Is(blocked, ErrPartitionBlocked) || !errors.Is(blocked, sarama.ErrTopicAuthorizationFailed) {
+		t.Errorf("blocked record error %q: errors.Is finds neither ErrPartitionBlocked nor its cause", blocked)
 	}
 }
 

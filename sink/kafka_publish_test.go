@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -15,16 +17,56 @@ import (
 	"github.com/outbox-relay/outbox-relay/decoder"
 )
 
-// countProduce counts the produce requests that reach c. Register it
-// before controls that answer produce requests.
-func countProduce(c *kfake.Cluster) *atomic.Int64 {
-	var n atomic.Int64
-	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+// keyFor returns a key that partitionOf puts on partition p of n.
+func keyFor(t testing.TB, p, n int32) string {
+	t.Helper()
+	for i := range 10000 {
+		if key := fmt.Sprintf("agg-%d", i); partitionOf([]byte(key), n) == p {
+			return key
+		}
+	}
+	t.Fatalf("no key for partition %d", p)
+	return ""
+}
+
+// produceLog counts, per topic partition, the record batches produce
+// requests carried to the broker, and the produce requests.
+type produceLog struct {
+	mu       sync.Mutex
+	batches  map[topicPartition]int
+	requests int
+}
+
+// logProduce starts counting what reaches c. Register it before controls
+// that answer or hold produce requests, so it sees each one as it comes.
+func logProduce(c *kfake.Cluster) *produceLog {
+	l := &produceLog{batches: map[topicPartition]int{}}
+	c.ControlKey(int16(kmsg.Produce), func(kr kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
-		n.Add(1)
+		req := kr.(*kmsg.ProduceRequest)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.requests++
+		for _, rt := range req.Topics {
+			for _, rp := range rt.Partitions {
+				l.batches[topicPartition{rt.Topic, rp.Partition}]++
+			}
+		}
 		return nil, nil, false // observe only
 	})
-	return &n
+	return l
+}
+
+func (l *produceLog) count(topic string, p int32) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.batches[topicPartition{topic, p}]
+}
+
+func (l *produceLog) total() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.requests
 }
 
 // TestKafkaPublishRefusesWhatTheBrokerWould: a record with a topic Kafka
@@ -34,7 +76,7 @@ func countProduce(c *kfake.Cluster) *atomic.Int64 {
 func TestKafkaPublishRefusesWhatTheBrokerWould(t *testing.T) {
 	const topic, limit = "outbox.order", 1000
 	c := newCluster(t, topic)
-	produced := countProduce(c)
+	produced := logProduce(c)
 	k := newKafka(t, c, KafkaConfig{MaxMessageBytes: limit})
 
 	// A payload that makes the record exactly limit bytes as sarama counts.
@@ -99,8 +141,119 @@ func TestKafkaPublishRefusesWhatTheBrokerWould(t *testing.T) {
 	if strings.Join(ids, ",") != "ev-at-limit,ev-small" {
 		t.Fatalf("the broker has %v, want only ev-at-limit,ev-small", ids)
 	}
-	if n := produced.Load(); n > 2 {
-		t.Fatalf("%d produce requests reached the broker, want the two records' at most", n)
+	if n := produced.count(topic, partitionOf([]byte("order-1"), 4)); n > 2 {
+		t.Fatalf("%d batches reached the broker, want the two records' at most", n)
+	}
+}
+
+// TestKafkaFailedPartitionTakesNothingMore: after a record failed for
+// good, sarama would send the partition's later records with a new
+// producer epoch, and they would land ahead of the failed one when a new
+// session sends it again. The sink sends nothing more to that partition;
+// the other partitions keep flowing.
+func TestKafkaFailedPartitionTakesNothingMore(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		err   *kerr.Error
+		class ErrorClass
+		want  error
+	}{
+		{"record rejected", kerr.InvalidRecord, ClassRecord, sarama.ErrInvalidRecord},
+		{"not authorized", kerr.TopicAuthorizationFailed, ClassInfra, sarama.ErrTopicAuthorizationFailed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const topic, parts, failing = "outbox.order", 4, 2
+			c := newCluster(t, topic)
+			produced := logProduce(c)
+			// The broker fails one produce of the partition, then would
+			// take the rest.
+			c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Partitions: []int32{failing}, Err: tt.err})
+			k := newKafka(t, c, KafkaConfig{})
+
+			first := newAcks(1)
+			ev := decoder.Event{ID: "ev-first", AggregateID: keyFor(t, failing, parts), Topic: topic}
+			if err := k.Publish(t.Context(), &ev, first.fn(0)); err != nil {
+				t.Fatal(err)
+			}
+			first.wait(t, false)
+			firstErr := first.results[0]
+			if !errors.Is(firstErr, tt.want) || Classify(firstErr) != tt.class {
+				t.Fatalf("first record acked with %v (class %v), want %v (class %v)", firstErr, Classify(firstErr), tt.want, tt.class)
+			}
+
+			// Later records: refused for the failed partition, sent for
+			// the others.
+			const each = 5
+			a := newAcks(each * (parts - 1))
+			n := 0
+			for i := range each {
+				for p := range int32(parts) {
+					ev := decoder.Event{ID: fmt.Sprintf("ev-%d-%d", p, i), AggregateID: keyFor(t, p, parts), Topic: topic}
+					if p != failing {
+						if err := k.Publish(t.Context(), &ev, a.fn(n)); err != nil {
+							t.Fatalf("Publish to partition %d: %v", p, err)
+						}
+						n++
+						continue
+					}
+					err := k.Publish(t.Context(), &ev, func(err error) { t.Errorf("ack of a refused record: %v", err) })
+					var re *RecordError
+					if !errors.Is(err, ErrPartitionBlocked) || !errors.As(err, &re) || Classify(err) != ClassInfra || re.RecordRejected() {
+						t.Errorf("Publish to the failed partition returned %v, want an infra error wrapping ErrPartitionBlocked", err)
+						continue
+					}
+					if re.Partition != failing || !strings.Contains(err.Error(), "ev-first") {
+						t.Errorf("error %q should name partition %d and the event that failed first", err, failing)
+					}
+				}
+			}
+			a.wait(t, true)
+			if got := produced.count(topic, failing); got != 1 {
+				t.Errorf("%d batches of partition %d reached the broker, want only the failed one", got, failing)
+			}
+			if got := len(consume(t, c, topic, n)); got != n {
+				t.Fatalf("consumed %d records, want %d", got, n)
+			}
+		})
+	}
+}
+
+// TestKafkaRecordsBehindAFailedOneAreNotRejected: a broker refusing a
+// batch fails every record in it alike. Only the first carries the
+// broker's error; the others, like anything later of the partition, are
+// infra errors a new session retries, so they are not dead-lettered with
+// it.
+func TestKafkaRecordsBehindAFailedOneAreNotRejected(t *testing.T) {
+	const topic, parts, failing, n = "outbox.order", 4, 1, 5
+	c := newCluster(t, topic)
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: topic, Partitions: []int32{failing}, Err: kerr.MessageTooLarge})
+	// A long linger puts the records in one batch.
+	k := newKafka(t, c, KafkaConfig{FlushFrequency: 200 * time.Millisecond})
+	a := newAcks(n + 1)
+	key := keyFor(t, failing, parts)
+	for i := range n {
+		ev := decoder.Event{ID: fmt.Sprintf("ev-%d", i), AggregateID: key, Topic: topic}
+		if err := k.Publish(t.Context(), &ev, a.fn(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := decoder.Event{ID: "ev-other", AggregateID: keyFor(t, failing+1, parts), Topic: topic}
+	if err := k.Publish(t.Context(), &other, a.fn(n)); err != nil {
+		t.Fatal(err)
+	}
+	a.wait(t, false)
+	if err := a.results[n]; err != nil {
+		t.Fatalf("the record of another partition failed: %v", err)
+	}
+	if err := a.results[0]; !errors.Is(err, sarama.ErrMessageSizeTooLarge) || Classify(err) != ClassRecord {
+		t.Fatalf("first record acked with %v, want the broker's record error", err)
+	}
+	for i := 1; i < n; i++ {
+		err := a.results[i]
+		var re *RecordError
+		if !errors.As(err, &re) || !errors.Is(err, ErrPartitionBlocked) || re.RecordRejected() || re.RecordTooLarge() {
+			t.Fatalf("record %d acked with %v, want ErrPartitionBlocked, not a record rejection", i, err)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"net"
 	"strings"
 	"sync"
@@ -265,24 +266,38 @@ func TestMurmur2MatchesJavaClient(t *testing.T) {
 		}
 	}
 
-	cfg, err := KafkaConfig{Brokers: []string{"localhost:9092"}}.withDefaults().sarama()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The partitioner before Publish chose partitions itself: sarama's hash
+	// partitioner over murmur2, reference (Java) absolute value first.
 	const n = 12
-	ours := cfg.Producer.Partitioner("t")
+	before := sarama.NewCustomPartitioner(sarama.WithAbsFirst(), sarama.WithCustomHashFunction(newMurmur2Hash))("t")
 	theirs := kgo.StickyKeyPartitioner(nil).ForTopic("t")
 	for i := range 1000 {
 		key := fmt.Sprintf("aggregate-%d-%x", i, i*7919)
-		got, err := ours.Partition(&sarama.ProducerMessage{Key: sarama.StringEncoder(key)}, n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := partitionOf([]byte(key), n)
 		if want := theirs.Partition(&kgo.Record{Key: []byte(key)}, n); int(got) != want {
 			t.Fatalf("key %q: partition %d, franz-go picks %d", key, got, want)
 		}
+		if want, err := before.Partition(&sarama.ProducerMessage{Key: sarama.StringEncoder(key)}, n); err != nil || got != want {
+			t.Fatalf("key %q: partition %d, sarama's murmur2 hash partitioner picks %d (%v)", key, got, want, err)
+		}
 	}
 }
+
+// murmur2Hash is murmur2Sum as a hash.Hash32, for sarama's hash
+// partitioner.
+type murmur2Hash struct{ buf []byte }
+
+func newMurmur2Hash() hash.Hash32 { return &murmur2Hash{} }
+
+func (h *murmur2Hash) Write(p []byte) (int, error) { h.buf = append(h.buf, p...); return len(p), nil }
+func (h *murmur2Hash) Sum(b []byte) []byte {
+	s := h.Sum32()
+	return append(b, byte(s>>24), byte(s>>16), byte(s>>8), byte(s))
+}
+func (h *murmur2Hash) Reset()         { h.buf = h.buf[:0] }
+func (h *murmur2Hash) Size() int      { return 4 }
+func (h *murmur2Hash) BlockSize() int { return 4 }
+func (h *murmur2Hash) Sum32() uint32  { return murmur2Sum(h.buf) }
 
 // stallProduce holds every produce request until release is closed. It
 // signals sent when the first produce request reaches the broker.

@@ -33,12 +33,15 @@ const inlineHeaders = 8
 // lookup; its Key and Value are the record itself seen as a
 // sarama.Encoder, which boxes without allocating.
 type record struct {
-	msg    sarama.ProducerMessage
-	ack    func(error)
-	id     string // the event id, for error messages
-	value  []byte // the event's payload
-	buf    []byte // key, then the small header bytes
-	keyLen int
+	msg sarama.ProducerMessage
+	ack func(error)
+	id  string // the event id, for error messages
+	// partition is the partition sarama will send to, known before it
+	// gets the message.
+	partition int32
+	value     []byte // the event's payload
+	buf       []byte // key, then the small header bytes
+	keyLen    int
 
 	headers [inlineHeaders]sarama.RecordHeader
 }
@@ -68,7 +71,7 @@ func newRecord(ev *decoder.Event, ack func(error)) *record {
 	for _, h := range ev.Headers {
 		n += len(h.Key)
 	}
-	r := &record{ack: ack, id: ev.ID, value: ev.Payload, buf: make([]byte, 0, n)}
+	r := &record{ack: ack, id: ev.ID, partition: -1, value: ev.Payload, buf: make([]byte, 0, n)}
 	r.buf = append(r.buf, ev.AggregateID...)
 	r.keyLen = len(ev.AggregateID)
 
