@@ -30,7 +30,7 @@ import (
 // reached. The condition may be temporary: retry with backoff.
 var ErrUnreachable = errors.New("no Kafka broker reachable")
 
-// ErrClosed is returned by Publish once Close has been called.
+// ErrClosed is returned by Publish once Close or Abort has been called.
 var ErrClosed = errors.New("kafka sink closed")
 
 // ErrAuth is wrapped by NewKafka's error when a broker rejected the SASL
@@ -301,20 +301,18 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 		}
 		c.SASL.apply(sc)
 	}
-	if c.TLS.Enabled() || c.SASL.Enabled() {
-		// Our dialer does TLS itself and tells a rejected handshake or
-		// password from an unreachable broker (NewKafka's errors).
-		d := &kafkaDialer{net: net.Dialer{Timeout: c.DialTimeout, KeepAlive: sc.Net.KeepAlive}}
-		if c.TLS.Enabled() {
-			tc, err := c.TLS.config()
-			if err != nil {
-				return nil, err
-			}
-			d.tls = tc
+	var tc *tls.Config
+	if c.TLS.Enabled() {
+		if tc, err = c.TLS.config(); err != nil {
+			return nil, err
 		}
-		sc.Net.Proxy.Enable = true
-		sc.Net.Proxy.Dialer = d
 	}
+	// Our dialer does TLS itself and tells a rejected handshake or password
+	// from an unreachable broker (NewKafka's errors), and it is how Abort
+	// cuts the connections.
+	d := newKafkaDialer(net.Dialer{Timeout: c.DialTimeout, KeepAlive: sc.Net.KeepAlive}, tc)
+	sc.Net.Proxy.Enable = true
+	sc.Net.Proxy.Dialer = d
 	// Delivery guarantees: no loss, per-key order on retry.
 	sc.Producer.Idempotent = true
 	sc.Producer.RequiredAcks = sarama.WaitForAll
@@ -332,8 +330,20 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 	sc.Producer.Retry.Max = c.RetryMax
 	sc.Producer.Retry.Backoff = c.RetryBackoff
 	first := c.RetryBackoff
+	// After Abort nothing can succeed: no waiting between the failures
+	// that let sarama's goroutines finish.
 	sc.Producer.Retry.BackoffFunc = func(retries, _ int) time.Duration {
+		if d.aborted.Load() {
+			return 0
+		}
 		return min(first<<min(retries, 8), DefaultMaxRetryBackoff)
+	}
+	metadataBackoff := sc.Metadata.Retry.Backoff
+	sc.Metadata.Retry.BackoffFunc = func(int, int) time.Duration {
+		if d.aborted.Load() {
+			return 0
+		}
+		return metadataBackoff
 	}
 	if err := sc.Validate(); err != nil {
 		return nil, fmt.Errorf("kafka producer configuration: %w", err)
@@ -341,14 +351,20 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 	return sc, nil
 }
 
+// abortWait bounds how long Abort waits for sarama to finish after the
+// connections are cut: a retry backoff already sleeping (at most
+// DefaultMaxRetryBackoff) cannot be woken.
+const abortWait = DefaultMaxRetryBackoff + 5*time.Second
+
 // Kafka publishes events to Kafka through sarama's AsyncProducer.
 //
-// Goroutines: the callers' (Publish, Close), the ack goroutine (calls
-// every ack), the stall watcher, a metadata lookup for the first record of
-// each topic, and sarama's own. Close ends them.
+// Goroutines: the callers' (Publish, Close, Abort), the ack goroutine
+// (calls every ack), the stall watcher, a metadata lookup for the first
+// record of each topic, and sarama's own. Close and Abort end them.
 type Kafka struct {
 	client   sarama.Client
 	producer sarama.AsyncProducer
+	dialer   *kafkaDialer
 	log      *slog.Logger
 	brokers  string
 
@@ -357,6 +373,8 @@ type Kafka struct {
 	// slots is the in-flight semaphore: Publish fills a slot, the ack
 	// goroutine empties it after calling the ack.
 	slots chan struct{}
+	// pending holds the records handed to the producer and not acked.
+	pending pendingList
 	// blocked holds the first failure of each partition that had one.
 	blocked partitionBlocks
 	// knownTopics holds the topics whose partitions sarama has cached, so
@@ -364,16 +382,25 @@ type Kafka struct {
 	knownTopics sync.Map
 	lookups     sync.WaitGroup
 
-	// closing is closed by Close to wake Publish calls blocked at the cap.
+	// closing is closed by stop to wake Publish calls blocked at the cap.
 	closing chan struct{}
 	// mu guards closed against the send to producer.Input: Publish holds
-	// it shared while sending, Close exclusively, so no record is sent
+	// it shared while sending, stop exclusively, so no record is sent
 	// after AsyncClose (which would panic) and none is lost.
-	mu     sync.RWMutex
-	closed bool
+	mu       sync.RWMutex
+	closed   bool
+	stopOnce sync.Once
 
-	ackDone   chan struct{}
-	closeOnce sync.Once
+	ackDone chan struct{} // closed when sarama has returned every record
+	// abortReq is closed by Abort; the ack goroutine then fails every
+	// pending ack and closes abortedAcks.
+	abortReq    chan struct{}
+	abortedAcks chan struct{}
+	abortOnce   sync.Once
+
+	clientOnce sync.Once
+	clientDone chan struct{} // closed once the client is closed
+	closeOnce  sync.Once
 
 	// lastProgress is when the broker last acknowledged a record, or when
 	// a record was published with nothing in flight (unix nanoseconds).
@@ -392,6 +419,7 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	if err != nil {
 		return nil, &configError{err}
 	}
+	dialer := sc.Net.Proxy.Dialer.(*kafkaDialer)
 	brokers := strings.Join(cfg.Brokers, ",")
 	if cfg.TLS.InsecureSkipVerify {
 		cfg.Logger.Warn("Kafka TLS certificate verification is DISABLED (insecure skip verify): anyone on the network path can impersonate the brokers and read every event; give the brokers' CA file instead", "brokers", brokers)
@@ -409,6 +437,7 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		}
 	}
 	if err != nil {
+		dialer.abort() // nothing left open
 		if rerr := rejected(cfg, sc, err); rerr != nil {
 			return nil, rerr
 		}
@@ -420,12 +449,16 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	k := &Kafka{
 		client:          client,
 		producer:        p,
+		dialer:          dialer,
 		log:             cfg.Logger,
 		brokers:         brokers,
 		maxMessageBytes: cfg.MaxMessageBytes,
 		slots:           make(chan struct{}, cfg.MaxInFlight),
 		closing:         make(chan struct{}),
 		ackDone:         make(chan struct{}),
+		abortReq:        make(chan struct{}),
+		abortedAcks:     make(chan struct{}),
+		clientDone:      make(chan struct{}),
 		stallWarning:    cfg.StallWarning,
 	}
 	k.lastProgress.Store(time.Now().UnixNano())
@@ -510,7 +543,7 @@ func tlsHint(t KafkaTLS, err error) string {
 // It blocks while MaxInFlight records are unacknowledged (backpressure),
 // and for the first record of a topic while the producer fetches the
 // topic's partitions. It returns ctx.Err() if ctx has ended or ends while
-// it waits, and ErrClosed once Close has begun.
+// it waits, and ErrClosed once Close or Abort has begun.
 //
 // An error with RecordRejected() true (a *RecordError wrapping
 // ErrInvalidTopicName or ErrRecordTooLarge) means this record was refused
@@ -525,8 +558,9 @@ func tlsHint(t KafkaTLS, err error) string {
 // If Publish returns nil, ack is called exactly once, from the ack
 // goroutine: with nil once the broker acknowledged the record (acks=all),
 // or with a *RecordError (see Classify): the error that survived the
-// producer's retries, or ErrPartitionBlocked. If Publish returns an error,
-// ack is never called. ack must not block, and must not call Close.
+// producer's retries, ErrPartitionBlocked, or ErrAborted. If Publish
+// returns an error, ack is never called. ack must not block, and must not
+// call Close or Abort.
 func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -569,22 +603,32 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 		// Nothing else in flight: a stall is measured from now.
 		k.lastProgress.Store(time.Now().UnixNano())
 	}
+	// Listed before the producer has it, so that its ack cannot come first.
+	k.pending.add(r)
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.closed {
-		<-k.slots
-		return ErrClosed
+		return k.takeBack(r, ErrClosed)
 	}
 	select {
 	case k.producer.Input() <- &r.msg:
 		return nil
 	case <-ctx.Done():
-		<-k.slots
-		return ctx.Err()
+		return k.takeBack(r, ctx.Err())
 	case <-k.closing:
-		<-k.slots
-		return ErrClosed
+		return k.takeBack(r, ErrClosed)
 	}
+}
+
+// takeBack undoes the publishing of r, which the producer never got, and
+// returns err. If Abort failed r meanwhile, its ack has been called: the
+// publish then counts as done and takeBack returns nil.
+func (k *Kafka) takeBack(r *record, err error) error {
+	if !k.pending.remove(r) {
+		return nil
+	}
+	<-k.slots
+	return err
 }
 
 // choosePartition sets the partition r goes to, exactly as sarama's hash
@@ -659,46 +703,129 @@ func (k *Kafka) InFlight() int { return len(k.slots) }
 // Close stops accepting records, waits until every published record's ack
 // has been called (drain: records still buffered are sent and retried
 // within the retry budget), then closes the producer and its connections.
-// Calling it again returns the same result.
+// It returns nil. An Abort, before or during Close, fails the acks still
+// pending and Close returns then. Close and Abort are safe to call in any
+// order, concurrently and more than once.
 func (k *Kafka) Close() error {
-	k.closeOnce.Do(func() {
+	k.stop()
+	select {
+	case <-k.ackDone:
+	case <-k.abortedAcks:
+		return nil // Abort owns the rest of the teardown
+	}
+	select {
+	case <-k.closeClient():
+	case <-k.abortReq:
+		return nil
+	}
+	k.closeOnce.Do(func() { k.log.Info("Kafka producer closed", "brokers", k.brokers) })
+	return nil
+}
+
+// Abort stops the producer now, for one that cannot drain (a broker that
+// does not answer): it closes every connection to the brokers and refuses
+// new ones, so nothing more is sent, not even a retry; it calls the ack
+// of every record not yet acknowledged with a *RecordError wrapping
+// ErrAborted (a record the broker has stored may be among them: sent
+// again, it is a duplicate, never a loss); and it waits for the producer's
+// goroutines to finish and the client to close. That wait is bounded (by
+// abortWait, about ten seconds, for a retry backoff already sleeping); if
+// it runs out, Abort logs a warning and returns, and the guarantees above
+// hold all the same. After Abort returns, nothing of this producer reaches
+// a broker, and a Close in progress has returned or is returning.
+//
+// Abort after a completed Close only makes sure of that. Concurrent and
+// later calls return once the first has.
+func (k *Kafka) Abort() {
+	k.abortOnce.Do(k.abort)
+}
+
+func (k *Kafka) abort() {
+	k.dialer.abort()
+	k.stop()
+	close(k.abortReq)
+	select {
+	case <-k.abortedAcks:
+	case <-k.ackDone: // nothing was pending
+	}
+	clientDone := k.closeClient()
+	timeout := time.NewTimer(abortWait)
+	defer timeout.Stop()
+	for _, done := range []<-chan struct{}{k.ackDone, clientDone} {
+		select {
+		case <-done:
+		case <-timeout.C:
+			k.log.Warn("the aborted Kafka producer did not finish in time; its connections are closed and it sends nothing more",
+				"brokers", k.brokers, "waited", abortWait)
+			return
+		}
+	}
+	k.log.Info("Kafka producer aborted", "brokers", k.brokers)
+}
+
+// stop makes Publish refuse records and starts the producer's shutdown,
+// once.
+func (k *Kafka) stop() {
+	k.stopOnce.Do(func() {
 		close(k.closing)
 		k.mu.Lock()
 		k.closed = true
 		k.mu.Unlock()
 		k.producer.AsyncClose()
-		<-k.ackDone
-		// The producer does not close a client it was given.
-		_ = k.client.Close()
-		k.lookups.Wait()
-		k.log.Info("Kafka producer closed", "brokers", k.brokers)
 	})
-	return nil
+}
+
+// closeClient closes the client once (the producer does not close a
+// client it was given) and returns a channel closed when that is done and
+// no partition lookup is left.
+func (k *Kafka) closeClient() <-chan struct{} {
+	k.clientOnce.Do(func() {
+		go func() {
+			defer close(k.clientDone)
+			_ = k.client.Close()
+			k.lookups.Wait()
+		}()
+	})
+	return k.clientDone
 }
 
 // acks is the ack goroutine: it hands every result to its record's ack and
-// frees its slot, until the producer has closed both result channels.
+// frees its slot, until the producer has closed both result channels. On
+// Abort it fails every pending record at once; their results, when sarama
+// returns them, are dropped.
 func (k *Kafka) acks() {
 	defer close(k.ackDone)
 	successes, errs := k.producer.Successes(), k.producer.Errors()
+	abort := k.abortReq
 	for successes != nil || errs != nil {
 		select {
+		case <-abort:
+			abort = nil
+			for _, r := range k.pending.takeAll() {
+				r.done(&RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: ErrAborted})
+				<-k.slots
+			}
+			close(k.abortedAcks)
 		case msg, ok := <-successes:
 			if !ok {
 				successes = nil
 				continue
 			}
-			msg.Metadata.(*record).done(nil)
 			k.lastProgress.Store(time.Now().UnixNano())
+			if r := msg.Metadata.(*record); k.pending.remove(r) {
+				r.done(nil)
+				<-k.slots
+			}
 		case pe, ok := <-errs:
 			if !ok {
 				errs = nil
 				continue
 			}
-			r := pe.Msg.Metadata.(*record)
-			r.done(k.failure(r, pe.Err))
+			if r := pe.Msg.Metadata.(*record); k.pending.remove(r) {
+				r.done(k.failure(r, pe.Err))
+				<-k.slots
+			}
 		}
-		<-k.slots
 	}
 }
 
@@ -728,6 +855,8 @@ func (k *Kafka) watchStalls() {
 		select {
 		case <-k.ackDone:
 			return
+		case <-k.abortReq:
+			return
 		case <-tick.C:
 		}
 		inFlight := len(k.slots)
@@ -742,6 +871,63 @@ func (k *Kafka) watchStalls() {
 			k.log.Info("Kafka is acknowledging again", "brokers", k.brokers)
 		}
 	}
+}
+
+// pendingList is the records handed to the producer and not acked yet, in
+// publish order, so that Abort can fail them all.
+type pendingList struct {
+	mu         sync.Mutex
+	head, tail *record
+}
+
+func (l *pendingList) add(r *record) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r.pending = true
+	r.prev, r.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = r
+	} else {
+		l.head = r
+	}
+	l.tail = r
+}
+
+// remove takes r off the list; false if it was not on it (Abort took it).
+func (l *pendingList) remove(r *record) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !r.pending {
+		return false
+	}
+	r.pending = false
+	if r.prev != nil {
+		r.prev.next = r.next
+	} else {
+		l.head = r.next
+	}
+	if r.next != nil {
+		r.next.prev = r.prev
+	} else {
+		l.tail = r.prev
+	}
+	r.prev, r.next = nil, nil
+	return true
+}
+
+// takeAll empties the list and returns its records, oldest first.
+func (l *pendingList) takeAll() []*record {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var rs []*record
+	for r := l.head; r != nil; {
+		next := r.next
+		r.pending, r.prev, r.next = false, nil, nil
+		rs = append(rs, r)
+		r = next
+	}
+	l.head, l.tail = nil, nil
+	return rs
 }
 
 // partitionBlocks holds the first failure of each topic partition.

@@ -46,6 +46,9 @@ var (
 	// can land before the failed one is dealt with. Infra class: a new
 	// session sends it again.
 	ErrPartitionBlocked = errors.New("not sent: an earlier record of this partition failed and the partition takes nothing more from this producer")
+	// ErrAborted is the error every unacknowledged record's ack gets from
+	// Abort. Infra class.
+	ErrAborted = errors.New("kafka producer aborted before the broker acknowledged the record")
 )
 
 // Classify returns the class of an error from the Kafka sink: an ack's
@@ -57,7 +60,7 @@ func Classify(err error) ErrorClass {
 		return ClassInfra
 	// Checked first: these wrap the error of another record, which may be
 	// record class.
-	case errors.Is(err, ErrPartitionBlocked), errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrPartitionBlocked), errors.Is(err, ErrAborted), errors.Is(err, ErrClosed):
 		return ClassInfra
 	case errors.Is(err, ErrRecordTooLarge), errors.Is(err, ErrInvalidTopicName):
 		return ClassRecord

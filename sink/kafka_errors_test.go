@@ -86,6 +86,7 @@ func TestClassify(t *testing.T) {
 		{"connection lost", io.ErrUnexpectedEOF, ClassInfra},
 		{"anything else", errors.New("something new"), ClassInfra},
 		{"nil", nil, ClassInfra},
+		{"aborted", &RecordError{Err: ErrAborted}, ClassInfra},
 		{"closed sink", ErrClosed, ClassInfra},
 		// A record behind a rejected one was not rejected itself.
 		{"blocked by a too large record", blockedBy(sarama.ErrMessageSizeTooLarge), ClassInfra},

@@ -98,13 +98,60 @@ type brokerRejection struct {
 // (done here rather than by sarama so a failed handshake is known as such,
 // with its broker), and it watches the connection to notice a broker that
 // hangs up in answer to SASL credentials, which is how kfake and brokers
-// older than Kafka 1.0 say "wrong password".
+// older than Kafka 1.0 say "wrong password". It also keeps every
+// connection it made, so that abort can cut them all: sarama has no way to
+// stop a producer that is waiting on a broker.
 type kafkaDialer struct {
 	net net.Dialer
 	tls *tls.Config // nil: plaintext
 
+	// ctx ends with abort, cancelling dials and handshakes under way.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	aborted atomic.Bool
+
 	mu       sync.Mutex
 	rejected *brokerRejection // the first one
+	conns    map[*watchedConn]struct{}
+}
+
+func newKafkaDialer(nd net.Dialer, tc *tls.Config) *kafkaDialer {
+	d := &kafkaDialer{net: nd, tls: tc, conns: make(map[*watchedConn]struct{})}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	return d
+}
+
+// abort closes every connection and refuses new ones: from its return on,
+// nothing more reaches a broker through this dialer.
+func (d *kafkaDialer) abort() {
+	d.aborted.Store(true)
+	d.cancel()
+	d.mu.Lock()
+	conns := d.conns
+	d.conns = nil
+	d.mu.Unlock()
+	for c := range conns {
+		_ = c.Conn.Close()
+	}
+}
+
+// track adds c to the connections abort closes; it reports false (and c
+// must be closed) once abort has run.
+func (d *kafkaDialer) track(c *watchedConn) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conns == nil {
+		return false
+	}
+	d.conns[c] = struct{}{}
+	return true
+}
+
+func (d *kafkaDialer) forget(c *watchedConn) {
+	d.mu.Lock()
+	delete(d.conns, c)
+	d.mu.Unlock()
 }
 
 func (d *kafkaDialer) reject(r brokerRejection) {
@@ -124,7 +171,10 @@ func (d *kafkaDialer) rejection() *brokerRejection {
 
 // Dial implements sarama's proxy.Dialer.
 func (d *kafkaDialer) Dial(network, addr string) (net.Conn, error) {
-	conn, err := d.net.Dial(network, addr)
+	if d.aborted.Load() {
+		return nil, fmt.Errorf("connecting to %s: %w", addr, ErrAborted)
+	}
+	conn, err := d.net.DialContext(d.ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +186,7 @@ func (d *kafkaDialer) Dial(network, addr string) (net.Conn, error) {
 			}
 		}
 		tc := tls.Client(conn, cfg)
-		ctx, cancel := context.WithTimeout(context.Background(), d.net.Timeout)
+		ctx, cancel := context.WithTimeout(d.ctx, d.net.Timeout)
 		err := tc.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
@@ -148,7 +198,12 @@ func (d *kafkaDialer) Dial(network, addr string) (net.Conn, error) {
 		}
 		conn = tc
 	}
-	return &watchedConn{Conn: conn, addr: addr, d: d}, nil
+	wc := &watchedConn{Conn: conn, addr: addr, d: d}
+	if !d.track(wc) {
+		_ = conn.Close()
+		return nil, fmt.Errorf("connecting to %s: %w", addr, ErrAborted)
+	}
+	return wc, nil
 }
 
 // tlsConfigProblem tells a TLS failure retrying cannot fix (a certificate
@@ -187,10 +242,19 @@ type watchedConn struct {
 }
 
 func (c *watchedConn) Write(b []byte) (int, error) {
+	if c.d.aborted.Load() {
+		return 0, net.ErrClosed
+	}
 	if len(b) >= 6 {
 		c.inAuth.Store(binary.BigEndian.Uint16(b[4:6]) == apiKeySASLAuthenticate)
 	}
 	return c.Conn.Write(b)
+}
+
+// Close closes the connection and drops it from the dialer's list.
+func (c *watchedConn) Close() error {
+	c.d.forget(c)
+	return c.Conn.Close()
 }
 
 func (c *watchedConn) Read(b []byte) (int, error) {

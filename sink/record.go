@@ -43,6 +43,11 @@ type record struct {
 	buf       []byte // key, then the small header bytes
 	keyLen    int
 
+	// Links in Kafka.pending, guarded by its mutex; pending is false once
+	// the record left the list (acked, or failed by Abort).
+	prev, next *record
+	pending    bool
+
 	headers [inlineHeaders]sarama.RecordHeader
 }
 
