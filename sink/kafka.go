@@ -537,8 +537,9 @@ func tlsHint(t KafkaTLS, err error) string {
 // The record points into ev rather than copying the payload: ev and the
 // slices it points to (Payload, header values) must stay valid and
 // unmodified until ack is called. After ack(nil) they may be reused; after
-// an error ack, once the caller no longer needs them. If Publish returns an
-// error, the sink keeps nothing of ev.
+// an error ack, once Close or Abort has returned (a record failed by Abort
+// may still be read by sarama until then). If Publish returns an error, the
+// sink keeps nothing of ev.
 //
 // It blocks while MaxInFlight records are unacknowledged (backpressure),
 // and for the first record of a topic while the producer fetches the
