@@ -742,13 +742,16 @@ func (k *Kafka) Abort() {
 }
 
 func (k *Kafka) abort() {
-	k.dialer.abort()
 	k.stop()
+	// The acks first: a result sarama returns once the connections are cut
+	// (a retry's leader lookup failing) would otherwise reach its ack with
+	// that error rather than ErrAborted.
 	close(k.abortReq)
 	select {
 	case <-k.abortedAcks:
 	case <-k.ackDone: // nothing was pending
 	}
+	k.dialer.abort()
 	clientDone := k.closeClient()
 	timeout := time.NewTimer(abortWait)
 	defer timeout.Stop()
@@ -801,12 +804,16 @@ func (k *Kafka) acks() {
 	for successes != nil || errs != nil {
 		select {
 		case <-abort:
+			// Ahead of any result ready at the same time.
 			abort = nil
-			for _, r := range k.pending.takeAll() {
-				r.done(&RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: ErrAborted})
-				<-k.slots
-			}
-			close(k.abortedAcks)
+			k.failPending()
+			continue
+		default:
+		}
+		select {
+		case <-abort:
+			abort = nil
+			k.failPending()
 		case msg, ok := <-successes:
 			if !ok {
 				successes = nil
@@ -828,6 +835,16 @@ func (k *Kafka) acks() {
 			}
 		}
 	}
+}
+
+// failPending calls the ack of every pending record with ErrAborted, for
+// Abort.
+func (k *Kafka) failPending() {
+	for _, r := range k.pending.takeAll() {
+		r.done(&RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: ErrAborted})
+		<-k.slots
+	}
+	close(k.abortedAcks)
 }
 
 // failure is the ack error of r, failed with cause. It blocks r's

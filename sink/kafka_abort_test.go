@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -153,7 +154,14 @@ func TestKafkaAbortStopsRetries(t *testing.T) {
 	}
 	abortWithin(t, k)
 	afterAbort := requests.Load()
-	a.wantAborted(t)
+	// sarama may have given up on a few records already (a leader lookup
+	// that failed between retries); the rest fail with ErrAborted.
+	a.wait(t, false)
+	for i, err := range a.results {
+		if !errors.Is(err, ErrAborted) && !errors.Is(err, sarama.ErrNotEnoughReplicas) || Classify(err) != ClassInfra {
+			t.Fatalf("record %d acked with %v, want ErrAborted or the broker's infra error", i, err)
+		}
+	}
 	time.Sleep(500 * time.Millisecond)
 	if got := requests.Load(); got != afterAbort {
 		t.Fatalf("%d produce requests (retries) reached the broker after Abort returned", got-afterAbort)
