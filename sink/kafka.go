@@ -669,7 +669,15 @@ func (k *Kafka) partitions(ctx context.Context, topic string) ([]int32, error) {
 		err   error
 	}
 	done := make(chan lookup, 1)
+	// Counted under mu, so that no lookup starts once stop has run and
+	// closeClient may be waiting for them.
+	k.mu.RLock()
+	if k.closed {
+		k.mu.RUnlock()
+		return nil, ErrClosed
+	}
 	k.lookups.Add(1)
+	k.mu.RUnlock()
 	go func() {
 		defer k.lookups.Done()
 		parts, err := checkPartitions(k.client.Partitions(topic))
