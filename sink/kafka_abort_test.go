@@ -12,6 +12,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
@@ -257,4 +258,33 @@ func TestKafkaFirstRecordOfATopicStopsWaitingWithItsContext(t *testing.T) {
 		t.Fatalf("Publish took %s to notice its context ended", d)
 	}
 	abortWithin(t, k)
+}
+
+// TestKafkaAbortOverTLS: Abort cuts TLS connections as fast, without
+// waiting to tell a broker that does not read that it is closing.
+func TestKafkaAbortOverTLS(t *testing.T) {
+	const topic = "outbox.order"
+	p := newPKI(t)
+	c := newSecureCluster(t, topic, kfake.TLS(p.serverTLS(false)))
+	produced := logProduce(c)
+	k := newKafka(t, c, KafkaConfig{TLS: KafkaTLS{CAFile: p.caFile}})
+	sent, release := stallProduce(c)
+	t.Cleanup(release)
+	// Large records, so the connection has much to write.
+	a := newAcks(20)
+	for i := range 20 {
+		ev := decoder.Event{ID: fmt.Sprint(i), AggregateID: fmt.Sprint(i % 3), Topic: topic, Payload: make([]byte, 512<<10)}
+		if err := k.Publish(t.Context(), &ev, a.fn(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-sent
+	abortWithin(t, k)
+	afterAbort := produced.total()
+	a.wantAborted(t)
+	release()
+	time.Sleep(500 * time.Millisecond)
+	if got := produced.total(); got != afterAbort {
+		t.Fatalf("%d produce requests reached the broker after Abort returned", got-afterAbort)
+	}
 }

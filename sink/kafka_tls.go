@@ -132,7 +132,9 @@ func (d *kafkaDialer) abort() {
 	d.conns = nil
 	d.mu.Unlock()
 	for c := range conns {
-		_ = c.Conn.Close()
+		// The TCP connection, not TLS's Close: that writes a close_notify
+		// alert, which waits on a broker that stopped reading.
+		_ = c.raw.Close()
 	}
 }
 
@@ -178,6 +180,7 @@ func (d *kafkaDialer) Dial(network, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	raw := conn
 	if d.tls != nil {
 		cfg := d.tls.Clone()
 		if cfg.ServerName == "" {
@@ -198,7 +201,7 @@ func (d *kafkaDialer) Dial(network, addr string) (net.Conn, error) {
 		}
 		conn = tc
 	}
-	wc := &watchedConn{Conn: conn, addr: addr, d: d}
+	wc := &watchedConn{Conn: conn, raw: raw, addr: addr, d: d}
 	if !d.track(wc) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("connecting to %s: %w", addr, ErrAborted)
@@ -235,6 +238,7 @@ const apiKeySASLAuthenticate = 36
 // request with a single Write, so the API key sits at bytes 4-6.
 type watchedConn struct {
 	net.Conn
+	raw  net.Conn // the TCP connection under TLS, or Conn itself
 	addr string
 	d    *kafkaDialer
 	// inAuth is set while the last request written is SaslAuthenticate.
