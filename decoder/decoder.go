@@ -398,7 +398,7 @@ func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Eve
 	})
 	if !ok {
 		if seg < 0 {
-			return Event{}, d.rowError(data, lay, walStart, "", "", "renders an empty topic")
+			return Event{}, d.rowError(data, lay, walStart, "", "", "the topic template renders an empty topic")
 		}
 		return Event{}, d.rowError(data, lay, walStart, "", d.topic[seg].text, "is used in the topic template but NULL")
 	}

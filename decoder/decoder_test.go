@@ -463,7 +463,7 @@ func TestRowEdgeCases(t *testing.T) {
 				t.Errorf("topic %q", ev.Topic)
 			}
 		}},
-		{name: "empty topic", cfg: Config{Topic: "{aggregate_type}"}, row: with(1, ""), wantErr: "outbox row at LSN 0/16B3748 (id " + goodID + "): renders an empty topic"},
+		{name: "empty topic", cfg: Config{Topic: "{aggregate_type}"}, row: with(1, ""), wantErr: "outbox row at LSN 0/16B3748 (id " + goodID + "): the topic template renders an empty topic"},
 		{name: "topic placeholder of an absent column", cfg: Config{Topic: "t.{tenant}"}, row: goodRow(), schema: true, wantCol: "tenant", wantErr: "is used in the topic template but missing"},
 		{name: "topic placeholder NULL", cfg: Config{Topic: "t.{tenant}"}, cols: append(slices.Clone(defaultCols), col{"tenant", oidText}), row: append(goodRow(), null), wantCol: "tenant", wantErr: "is used in the topic template but NULL"},
 		{name: "topic placeholder", cfg: Config{Topic: "{tenant}.{aggregate_type}.{event_type}.{aggregate_id}.x"}, cols: append(slices.Clone(defaultCols), col{"tenant", oidText}), row: append(goodRow(), "acme"),

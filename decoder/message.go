@@ -127,7 +127,7 @@ func (d *Decoder) messageEvent(content []byte, walStart pglogrepl.LSN) (Event, e
 	})
 	if !ok {
 		if seg < 0 {
-			return Event{}, rowErr("envelope renders an empty topic")
+			return Event{}, rowErr("the topic template renders an empty topic")
 		}
 		return Event{}, rowErr(fmt.Sprintf("topic placeholder {%s} names no envelope header", d.topic[seg].text))
 	}
