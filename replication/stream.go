@@ -102,6 +102,12 @@ var pinnedSettings = map[string]string{
 // maxBatch bounds the messages handed to the pipeline at once.
 const maxBatch = 256
 
+// maxBatchBytes bounds the WAL data of one batch: with 16 batches waiting
+// for a blocked pipeline, large rows must not make them hundreds of MB.
+// A batch is handed off once it reaches this size, so one may exceed it by
+// one message.
+const maxBatchBytes = 1 << 20
+
 // batchPool recycles the arrays behind the batches Run hands off. At low
 // write rates a batch is one transaction (three messages), and a fresh
 // 256-message array per hand-off was ~10 KB of garbage per transaction:
@@ -323,9 +329,10 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 	// still open, or keepalives alone, are held for at most holdMax.
 	batch := newBatch()
 	var (
-		holdUntil time.Time // when the held batch is handed off anyway
-		inTxn     bool      // the last XLogData was inside a transaction
-		hasData   bool      // batch holds XLogData, not only keepalives
+		holdUntil  time.Time // when the held batch is handed off anyway
+		inTxn      bool      // the last XLogData was inside a transaction
+		hasData    bool      // batch holds XLogData, not only keepalives
+		batchBytes int       // WAL data in batch
 	)
 	co := newCoalescer(s.conn.Conn(), s.cfg.Coalesce)
 	flush := func() error {
@@ -354,7 +361,7 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 				return nil
 			}
 		}
-		batch, hasData = newBatch(), false
+		batch, hasData, batchBytes = newBatch(), false, 0
 		return nil
 	}
 
@@ -487,7 +494,8 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 					holdUntil = now.Add(holdMax)
 				}
 				batch, hasData = append(batch, m), true
-				if len(batch) >= maxBatch || !inTxn && s.conn.Frontend().ReadBufferLen() == 0 {
+				batchBytes += len(m.Data)
+				if len(batch) >= maxBatch || batchBytes >= maxBatchBytes || !inTxn && s.conn.Frontend().ReadBufferLen() == 0 {
 					if err := flush(); err != nil {
 						return err
 					}
