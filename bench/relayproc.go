@@ -116,6 +116,13 @@ func (p *latencyPublisher) Publish(ctx context.Context, ev *decoder.Event, ack f
 
 func (p *latencyPublisher) Close() error { return p.inner.Close() }
 
+// Abort passes the relay's hard stop on, when the wrapped publisher has one.
+func (p *latencyPublisher) Abort() {
+	if a, ok := p.inner.(interface{ Abort() }); ok {
+		a.Abort()
+	}
+}
+
 // relayMain runs the relay on one slot until SIGTERM, then writes its
 // stats as JSON.
 func relayMain(args []string) error {

@@ -2,32 +2,32 @@ package relay
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 
 	"github.com/outbox-relay/outbox-relay/checkpoint"
-	"github.com/outbox-relay/outbox-relay/decoder"
 )
 
-// Headers a dead-lettered record carries besides the original ones.
-const (
-	HeaderDeadLetterError = "outbox-relay-error"
-	HeaderOriginalTopic   = "outbox-relay-original-topic"
-)
-
-// deadLetters republishes events the broker rejected for good to the
-// dead-letter topic. The sink's ack goroutine hands them over without
-// blocking; one goroutine publishes them, and only once the dead-letter
-// record is acknowledged does the event count as done, so the checkpoint
-// never passes an event that is neither published nor dead-lettered.
+// deadLetters republishes, to the dead-letter topic, events the broker
+// rejected for good after Publish had accepted them. The sink's ack
+// goroutine hands them over without blocking; one goroutine publishes
+// them, and only once the dead letter is acknowledged does the event count
+// as done, so the checkpoint never passes an event that is neither
+// published nor dead-lettered. A dead letter the broker refuses too is
+// sent again cut down to a minimal one; if that is refused as well, the
+// relay stops (fail) with a PoisonError: never a loop.
 type deadLetters struct {
 	pub     Publisher
 	topic   string
+	limit   int
+	slot    string
 	tracker *checkpoint.Tracker
 	obs     Observer
 	log     *slog.Logger
+	// release returns the event's bytes to the in-flight budget once it is
+	// done with.
+	release func(n int64)
 
 	mu     sync.Mutex
 	queue  []deadLetter
@@ -35,19 +35,17 @@ type deadLetters struct {
 }
 
 type deadLetter struct {
-	ev  *decoder.Event
-	err error
-	tok checkpoint.Token
+	pz    poison
+	tok   checkpoint.Token
+	size  int64
+	level int
 }
 
-func newDeadLetters(pub Publisher, topic string, tracker *checkpoint.Tracker, obs Observer, log *slog.Logger) *deadLetters {
-	return &deadLetters{pub: pub, topic: topic, tracker: tracker, obs: obs, log: log, signal: make(chan struct{}, 1)}
-}
-
-// add queues a rejected event; it never blocks (it runs on the ack goroutine).
-func (d *deadLetters) add(ev *decoder.Event, err error, tok checkpoint.Token) {
+// add queues a rejected event; it never blocks (it runs on the ack
+// goroutine).
+func (d *deadLetters) add(dl deadLetter) {
 	d.mu.Lock()
-	d.queue = append(d.queue, deadLetter{ev: ev, err: err, tok: tok})
+	d.queue = append(d.queue, dl)
 	d.mu.Unlock()
 	select {
 	case d.signal <- struct{}{}:
@@ -70,34 +68,45 @@ func (d *deadLetters) run(ctx context.Context, fail func(error)) {
 		d.queue = nil
 		d.mu.Unlock()
 		for _, dl := range batch {
-			rec := *dl.ev
-			rec.Topic = d.topic
-			rec.Headers = append(append([]decoder.Header(nil), dl.ev.Headers...),
-				decoder.Header{Key: HeaderDeadLetterError, Value: []byte(dl.err.Error())},
-				decoder.Header{Key: HeaderOriginalTopic, Value: []byte(dl.ev.Topic)})
-			if isTooLarge(dl.err) {
-				rec.Payload = nil // the payload is why it was rejected
-			}
-			tok, id := dl.tok, dl.ev.ID
-			err := d.pub.Publish(ctx, &rec, func(err error) {
-				if err != nil {
-					fail(fmt.Errorf("dead-lettering event %s to %s: %w", id, d.topic, err))
-					return
-				}
-				d.tracker.Ack(tok)
-				d.obs.EventDeadLettered()
-			})
-			if err != nil {
-				fail(fmt.Errorf("dead-lettering event %s to %s: %w", id, d.topic, err))
+			if err := d.publish(ctx, dl, fail); err != nil {
+				fail(err)
 				return
 			}
-			d.log.Warn("event rejected by the broker; sent to the dead-letter topic", "event_id", id, "topic", dl.ev.Topic, "dead_letter_topic", d.topic, "err", dl.err)
 		}
 	}
 }
 
-// isTooLarge reports whether the rejection was about the record's size.
-func isTooLarge(err error) bool {
-	var s interface{ RecordTooLarge() bool }
-	return errors.As(err, &s) && s.RecordTooLarge()
+// publish sends dl's dead letter; its ack completes the event, or queues
+// a cut-down one, or fails the session.
+func (d *deadLetters) publish(ctx context.Context, dl deadLetter, fail func(error)) error {
+	rec := deadLetterRecord(dl.pz, d.topic, d.limit, dl.level)
+	id := dl.pz.eventID()
+	err := d.pub.Publish(ctx, rec, func(err error) {
+		switch {
+		case err == nil:
+			d.tracker.Ack(dl.tok)
+			d.release(dl.size)
+			d.obs.EventDeadLettered()
+			d.log.Warn("event sent to the dead-letter topic", "slot", d.slot, "event_id", id, "lsn", dl.pz.lsn,
+				"topic", dl.pz.originalTopic(), "dead_letter_topic", d.topic, "err", dl.pz.err)
+		case isRejected(err) && dl.level < dlMinimal:
+			dl.level = dlMinimal
+			d.add(dl)
+		case isRejected(err):
+			fail(dl.pz.stop(d.slot, fmt.Errorf("%w; not even a minimal dead letter was accepted by %s: %v", dl.pz.err, d.topic, err)))
+		default:
+			fail(fmt.Errorf("dead-lettering event %s to %s: %w", id, d.topic, err))
+		}
+	})
+	if err == nil {
+		return nil
+	}
+	if isRejected(err) && dl.level < dlMinimal {
+		dl.level = dlMinimal
+		return d.publish(ctx, dl, fail)
+	}
+	if isRejected(err) {
+		return dl.pz.stop(d.slot, fmt.Errorf("%w; not even a minimal dead letter fits %s: %v", dl.pz.err, d.topic, err))
+	}
+	return fmt.Errorf("dead-lettering event %s to %s: %w", id, d.topic, err)
 }

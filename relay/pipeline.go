@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/outbox-relay/outbox-relay/checkpoint"
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/replication"
@@ -29,6 +31,8 @@ type pipeline struct {
 	tracker *checkpoint.Tracker
 	obs     Observer
 	commits *commitLog
+	budget  *byteBudget
+	skips   *skipList
 
 	// progress, if set, is logged every progressEvery with the event rate.
 	progress      func() Progress
@@ -38,8 +42,13 @@ type pipeline struct {
 	inTxn        bool
 	readerFailed bool
 
-	// deadLetter, if set, takes events the broker rejected for good.
-	deadLetter func(ev *decoder.Event, err error, tok checkpoint.Token)
+	// deadLetters, if set, takes poison events (OnErrorDeadLetter);
+	// without it a poison event stops the relay (OnErrorStop).
+	deadLetters *deadLetters
+
+	// unconfirmed counts the events of transactions not known to be
+	// confirmed, to say how many a stop leaves to be sent again.
+	unconfirmed unconfirmedLog
 
 	// free recycles the per-event state (inflight) after successful acks.
 	free sync.Pool
@@ -54,12 +63,14 @@ type pipeline struct {
 
 // newPubCtx creates the context publishing runs under. It outlives the
 // session's ctx: publishing the rest of the open transaction is part of a
-// graceful stop. It ends on a failed ack (fail) or the hard timeout.
+// graceful stop. It ends on a failed ack (fail) or when the stop's
+// deadline passes.
 func (p *pipeline) newPubCtx() {
 	p.pubCtx, p.failPublishing = context.WithCancelCause(context.Background())
 }
 
-// fail ends the session with err; safe from any goroutine.
+// fail ends the session with err; safe from any goroutine. The first
+// cause wins.
 func (p *pipeline) fail(err error) { p.failPublishing(err) }
 
 // idleSince reports whether no event was published since the last call.
@@ -69,14 +80,28 @@ func (p *pipeline) idleSince() bool {
 }
 
 // run consumes msgs until ctx ends (at a transaction boundary, so a
-// graceful stop leaves nothing half-published), the reader fails, or a
-// publish fails for good. The caller drains the publisher afterwards.
-func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, readerDone <-chan error, shutdownTimeout time.Duration) error {
+// graceful stop leaves nothing half-published), the reader ends, a
+// publish fails for good, or the stop's deadline passes (expired). The
+// caller drains the publisher afterwards.
+func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, readerDone <-chan struct{}, expired <-chan struct{}) error {
 	pubCtx, failPublishing := p.pubCtx, p.failPublishing
+	// A Publish blocked at the in-flight cap (a broker that answers
+	// nothing) must not outlast the stop's deadline: end it from here.
+	// (Deferred calls run last first: pubCtx ends, then the watch.)
+	var watch sync.WaitGroup
+	defer watch.Wait()
 	defer failPublishing(nil)
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		select {
+		case <-expired:
+			failPublishing(errShutdownTimeout)
+		case <-pubCtx.Done():
+		}
+	}()
 
 	stopping := ctx.Done()
-	var hardStop <-chan time.Time
 	var progressTick <-chan time.Time
 	if p.progress != nil && p.progressEvery > 0 {
 		ticker := time.NewTicker(p.progressEvery)
@@ -95,20 +120,11 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, r
 			}
 			p.log.Info("stopping after the open transaction", "slot", p.slot)
 			stopping = nil
-			timer := time.NewTimer(shutdownTimeout)
-			defer timer.Stop()
-			hardStop = timer.C
-		case <-hardStop:
-			failPublishing(errShutdownTimeout)
-			return errShutdownTimeout
 		case <-pubCtx.Done():
 			return context.Cause(pubCtx)
-		case err := <-readerDone:
+		case <-readerDone:
 			p.readerFailed = true
-			if err == nil {
-				err = errors.New("replication stream ended")
-			}
-			return err
+			return errors.New("replication stream ended")
 		case batch := <-msgs:
 			for _, m := range batch {
 				if err := p.handle(pubCtx, m); err != nil {
@@ -136,8 +152,12 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 	}
 	op, err := p.dec.Decode(m.Data, m.WALStart)
 	if err != nil {
-		// A row that cannot be turned into a record stops the relay: skipping
-		// it would lose it, and retrying would meet it again.
+		var row *decoder.RowError
+		if errors.As(err, &row) && p.inTxn {
+			return p.poisonRow(ctx, row)
+		}
+		// Anything else (the table's shape, bytes that are not pgoutput)
+		// meets every later row too: stop, confirming nothing past it.
 		return fatal(fmt.Errorf("decoding WAL at %s: %w", m.WALStart, err))
 	}
 	switch op.Kind {
@@ -146,24 +166,82 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 		p.commits.add(op.CommitLSN, op.CommitTime)
 		p.inTxn = true
 	case decoder.KindEvent:
-		in := p.newInflight()
-		in.ev = op.Event
-		in.ev.ReceivedAt = m.ReceivedAt
-		// Add before Publish, so the ack cannot come first.
-		in.tok = p.tracker.Add()
-		if err := p.pub.Publish(ctx, &in.ev, in.ack); err != nil {
-			if ctx.Err() == nil {
-				p.obs.PublishFailed(ReasonPublish)
-			}
-			return fmt.Errorf("publishing event %s: %w", in.ev.ID, err)
+		if p.skips.skip(op.Event.ID, m.WALStart) {
+			p.log.Warn("skipping event as `outbox-relay slot skip` recorded", "slot", p.slot, "event_id", op.Event.ID, "lsn", m.WALStart)
+			return nil
 		}
-		p.published++
-		p.publishedTotal.Add(1)
+		return p.publish(ctx, op.Event, m.ReceivedAt)
 	case decoder.KindCommit:
 		p.tracker.Commit(op.EndLSN)
+		p.unconfirmed.commit(op.EndLSN, p.tracker.Safe())
 		p.obs.TransactionDecoded()
 		p.inTxn = false
 	}
+	return nil
+}
+
+// publish hands one event to the publisher, within the byte budget.
+func (p *pipeline) publish(ctx context.Context, ev decoder.Event, receivedAt time.Time) error {
+	size := int64(estimateSize(&ev))
+	if err := p.budget.acquire(ctx, size); err != nil {
+		return err
+	}
+	in := p.newInflight()
+	in.ev = ev
+	in.ev.ReceivedAt = receivedAt
+	in.size = size
+	in.done.Store(false)
+	// Add before Publish, so the ack cannot come first.
+	in.tok = p.tracker.Add()
+	p.unconfirmed.add()
+	if err := p.pub.Publish(ctx, &in.ev, in.ack); err != nil {
+		if isRejected(err) {
+			// Refused before anything was sent: set it aside or stop here,
+			// in order, before any later event of the stream.
+			p.obs.PublishFailed(ReasonRejected)
+			pz := poison{ev: &in.ev, lsn: in.ev.LSN, err: err}
+			return p.poison(ctx, pz, in.tok, size)
+		}
+		p.budget.release(size)
+		if ctx.Err() == nil {
+			p.obs.PublishFailed(ReasonPublish)
+		}
+		return fmt.Errorf("publishing event %s: %w", in.ev.ID, err)
+	}
+	p.published++
+	p.publishedTotal.Add(1)
+	return nil
+}
+
+// poisonRow handles a row the decoder could not turn into an event.
+func (p *pipeline) poisonRow(ctx context.Context, row *decoder.RowError) error {
+	if p.skips.skip(row.EventID, row.LSN) {
+		p.log.Warn("skipping row as `outbox-relay slot skip` recorded", "slot", p.slot, "event_id", row.EventID, "lsn", row.LSN, "err", row)
+		return nil
+	}
+	p.obs.PublishFailed(ReasonRejected)
+	pz := poison{row: row, lsn: row.LSN, err: row}
+	size := int64(len(row.Raw))
+	if err := p.budget.acquire(ctx, size); err != nil {
+		return err
+	}
+	tok := p.tracker.Add()
+	p.unconfirmed.add()
+	return p.poison(ctx, pz, tok, size)
+}
+
+// poison sets pz aside on the dead-letter topic, or stops the relay with
+// a message that says how to skip it. tok is its checkpoint token: it is
+// acknowledged once the dead letter is, and never otherwise.
+func (p *pipeline) poison(ctx context.Context, pz poison, tok checkpoint.Token, size int64) error {
+	if p.deadLetters == nil {
+		return pz.stop(p.slot, pz.err)
+	}
+	if err := p.deadLetters.publish(ctx, deadLetter{pz: pz, tok: tok, size: size}, p.fail); err != nil {
+		return err
+	}
+	p.published++
+	p.publishedTotal.Add(1)
 	return nil
 }
 
@@ -172,10 +250,14 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 // in one allocation that is reused once the broker acknowledged the event
 // (the Publisher and Observer contracts: neither keeps ev past the ack).
 type inflight struct {
-	ev  decoder.Event
-	tok checkpoint.Token
-	p   *pipeline
-	ack func(error) // in.done, bound once
+	ev   decoder.Event
+	tok  checkpoint.Token
+	size int64
+	p    *pipeline
+	ack  func(error) // in.acked, bound once
+	// done catches a second ack of the same event, which would otherwise
+	// acknowledge another event that reused this record.
+	done atomic.Bool
 }
 
 func (p *pipeline) newInflight() *inflight {
@@ -183,19 +265,26 @@ func (p *pipeline) newInflight() *inflight {
 		return in
 	}
 	in := &inflight{p: p}
-	in.ack = in.done
+	in.ack = in.acked
 	return in
 }
 
-// done is the event's ack, called once from the publisher's ack goroutine.
-func (in *inflight) done(err error) {
+// acked is the event's ack, called once from the publisher's ack goroutine.
+func (in *inflight) acked(err error) {
+	if in.done.Swap(true) {
+		panic(fmt.Sprintf("relay: event %s acknowledged twice by the publisher", in.ev.ID))
+	}
 	p := in.p
 	if err != nil {
 		p.obs.PublishFailed(ReasonRejected)
-		var rr interface{ RecordRejected() bool }
-		if p.deadLetter != nil && errors.As(err, &rr) && rr.RecordRejected() {
+		if isRejected(err) {
+			pz := poison{ev: &in.ev, lsn: in.ev.LSN, err: err}
+			if p.deadLetters == nil {
+				p.fail(pz.stop(p.slot, err))
+				return
+			}
 			// The dead-letter queue keeps the event: in is not reused.
-			p.deadLetter(&in.ev, err, in.tok)
+			p.deadLetters.add(deadLetter{pz: pz, tok: in.tok, size: in.size})
 			return
 		}
 		// Never skip past a failed record: end the session, and the next
@@ -204,6 +293,7 @@ func (in *inflight) done(err error) {
 		return
 	}
 	p.tracker.Ack(in.tok)
+	p.budget.release(in.size)
 	p.obs.EventAcked(&in.ev)
 	in.ev, in.tok = decoder.Event{}, checkpoint.Token{}
 	p.free.Put(in)
@@ -222,4 +312,50 @@ func (p *pipeline) logProgress(d time.Duration, n uint64) {
 		"confirmed", pr.Confirmed,
 		"lag_bytes", pr.LagBytes(),
 		"lag", pr.Lag.Round(time.Millisecond))
+}
+
+// unconfirmedLog counts the events of the transactions that may not be
+// confirmed yet: what a stop leaves to be sent again. Only the pipeline
+// goroutine writes it, and reads it once the pipeline has returned.
+type unconfirmedLog struct {
+	open int // events of the open transaction
+	txns []txnEvents
+	head int
+}
+
+type txnEvents struct {
+	end pglogrepl.LSN
+	n   int
+}
+
+func (u *unconfirmedLog) add() { u.open++ }
+
+// commit closes the open transaction at end and forgets the transactions
+// at or below safe.
+func (u *unconfirmedLog) commit(end, safe pglogrepl.LSN) {
+	if u.open > 0 {
+		u.txns = append(u.txns, txnEvents{end: end, n: u.open})
+		u.open = 0
+	}
+	for u.head < len(u.txns) && u.txns[u.head].end <= safe {
+		u.head++
+	}
+	if u.head == len(u.txns) {
+		u.txns, u.head = u.txns[:0], 0
+	} else if u.head > 1024 && u.head > len(u.txns)/2 {
+		n := copy(u.txns, u.txns[u.head:])
+		u.txns, u.head = u.txns[:n], 0
+	}
+}
+
+// after returns how many events belong to transactions ending past
+// confirmed, plus those of the open transaction.
+func (u *unconfirmedLog) after(confirmed pglogrepl.LSN) int {
+	n := u.open
+	for _, t := range u.txns[u.head:] {
+		if t.end > confirmed {
+			n += t.n
+		}
+	}
+	return n
 }

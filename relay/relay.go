@@ -13,26 +13,38 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/outbox-relay/outbox-relay/checkpoint"
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/replication"
 	"github.com/outbox-relay/outbox-relay/slot"
 )
 
 // Publisher sends events to a broker. Publish blocks at the publisher's
-// in-flight cap; ack is called exactly once per published event, with nil
-// once the broker acknowledged it or with the error that survived the
-// publisher's retries. ack must not block. Close drains: it returns once
-// every published event's ack was called. ev belongs to the relay: Publish
-// copies what it needs, and ev must not be read once ack(nil) was called,
-// since the pipeline reuses it for a later event.
+// in-flight cap (and returns the cause once ctx ends); ack is called
+// exactly once per published event, with nil once the broker acknowledged
+// it or with the error that survived the publisher's retries. ack must not
+// block. Close drains: it returns once every published event's ack was
+// called.
+//
+// ev and the slices it points to (the payload in particular) stay valid
+// and unmodified until ack is called, so a publisher may keep references
+// instead of copies; after ack(nil) the pipeline reuses them for a later
+// event.
+//
+// An error from Publish or ack that has a RecordRejected() bool method
+// returning true is about that record alone (too large, an illegal topic):
+// the relay dead-letters the event or stops at it. A Publish that returns
+// such an error sent nothing, and the relay may go on publishing. Any
+// other error ends the session, which resumes from the slot.
+//
+// A publisher may also have an Abort() method: a hard stop for one that
+// cannot drain within the shutdown timeout, after which it sends nothing
+// more and every outstanding ack has been called.
 type Publisher interface {
 	Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error
 	Close() error
@@ -82,6 +94,15 @@ type Config struct {
 	// StandbyRetry is how often a standby relay tries to take the slot
 	// over. Default 2s.
 	StandbyRetry time.Duration
+	// MaxInFlightBytes bounds the bytes of the events published and not
+	// yet acknowledged, together with the publisher's cap on their number.
+	// An event larger than the budget is published alone. Default
+	// DefaultMaxInFlightBytes.
+	MaxInFlightBytes int64
+	// DeadLetterMaxBytes is the largest dead letter the relay builds: one
+	// that would be larger is cut down (see HeaderTruncated). It should be
+	// the broker's record limit. Default DefaultDeadLetterMaxBytes.
+	DeadLetterMaxBytes int
 	// PruneAfter, if positive, makes the relay delete outbox rows older
 	// than this (by the created_at column) once it has confirmed the
 	// transactions that inserted them. 0 leaves the table alone.
@@ -107,6 +128,9 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatInterval < 0 || c.StandbyRetry < 0 {
 		return errors.New("heartbeat interval and standby retry must not be negative")
+	}
+	if c.MaxInFlightBytes < 0 || c.DeadLetterMaxBytes < 0 {
+		return errors.New("max in-flight bytes and dead-letter max bytes must not be negative")
 	}
 	if c.PruneAfter < 0 {
 		return fmt.Errorf("prune-after %s is negative (0 turns pruning off)", c.PruneAfter)
@@ -150,6 +174,9 @@ type Relay struct {
 	// standby is set while another process holds the slot, so the retries
 	// log quietly.
 	standby bool
+	// prevPublisher, if set, closes when the previous session's publisher
+	// has finished closing; the next session publishes only after that.
+	prevPublisher <-chan struct{}
 }
 
 // New checks cfg and returns a relay ready to Run.
@@ -171,6 +198,12 @@ func New(cfg Config, publish NewPublisher) (*Relay, error) {
 	}
 	if cfg.StandbyRetry == 0 {
 		cfg.StandbyRetry = 2 * time.Second
+	}
+	if cfg.MaxInFlightBytes == 0 {
+		cfg.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	if cfg.DeadLetterMaxBytes == 0 {
+		cfg.DeadLetterMaxBytes = DefaultDeadLetterMaxBytes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -277,185 +310,39 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
-// session runs one replication session.
-func (r *Relay) session(ctx context.Context) error {
-	setupCtx, cancelSetup := context.WithTimeout(ctx, 3*setupTimeout)
-	defer cancelSetup()
-	start, err := r.prepare(setupCtx)
+// prepare checks the server, creates what is missing if asked, and returns
+// the slot's confirmed position (where this session resumes) and the
+// events `outbox-relay slot skip` recorded.
+func (r *Relay) prepare(ctx context.Context) (pglogrepl.LSN, *skipList, error) {
+	start, err := r.checkServer(ctx)
 	if err != nil {
-		return withCause(CausePostgres, err)
+		return 0, nil, err
 	}
-
-	pub, err := r.publish(ctx)
+	conn, err := connectAdmin(ctx, r.cfg.ConnString)
 	if err != nil {
-		err = fmt.Errorf("connecting the publisher: %w", err)
-		var cp interface{ ConfigProblem() bool }
-		if errors.As(err, &cp) && cp.ConfigProblem() {
-			// Rejected credentials or certificates: retrying cannot help.
-			return fatal(err)
-		}
-		return withCause(CauseSink, err)
+		return 0, nil, classifyConnect(err)
 	}
-	// From here on the publisher is closed (drained) before the final
-	// status update, on every path.
-
-	stream, err := replication.Connect(setupCtx, r.cfg.replicationConfig())
+	defer conn.Close(context.Background())
+	recorded, err := slot.Skips(ctx, conn, r.cfg.Slot)
 	if err != nil {
-		pub.Close()
-		return withCause(CausePostgres, classifyConnect(err))
+		return 0, nil, err
 	}
-	defer stream.Close()
-	level := slog.LevelInfo
-	if r.standby {
-		level = slog.LevelDebug // retrying as standby: said once already
+	if len(recorded) == 0 {
+		return start, nil, nil
 	}
-	r.log.Log(ctx, level, "connected", "slot", r.cfg.Slot.Slot, "pid", stream.PID(), "server_wal_end", stream.ServerWALEnd())
-	if err := stream.Start(setupCtx, start); err != nil {
-		pub.Close()
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
-			// object_in_use: another relay holds the slot.
-			return withCause(causeStandby, fmt.Errorf("slot %s is in use by another process (standby: waiting for it to be released): %w", r.cfg.Slot.Slot, err))
-		}
-		return withCause(CausePostgres, err)
-	}
-	r.progressed = true
-	r.standby = false
-	r.log.Info("streaming", "slot", r.cfg.Slot.Slot, "lsn", start, "pid", stream.PID())
-
-	decCfg := r.cfg.Decoder
-	decCfg.DroppedHeader = newDroppedHeaders(r.log, r.obs, r.cfg.Slot.Slot).report
-	dec, err := decoder.New(decCfg)
-	if err != nil {
-		pub.Close()
-		return fatal(err)
-	}
-	tracker := checkpoint.New(start)
-	commits := &commitLog{}
-	progress := func() Progress {
-		return Progress{
-			Confirmed:    stream.Confirmed(),
-			Received:     stream.Received(),
-			ServerWALEnd: stream.ServerWALEnd(),
-			InFlight:     tracker.InFlight(),
-			Lag:          commits.lag(tracker.Safe(), time.Now()),
-		}
-	}
-	p := &pipeline{
-		log:           r.log,
-		slot:          r.cfg.Slot.Slot,
-		dec:           dec,
-		pub:           pub,
-		tracker:       tracker,
-		obs:           r.obs,
-		commits:       commits,
-		progress:      progress,
-		progressEvery: r.cfg.ProgressInterval,
-	}
-	p.newPubCtx()
-	r.obs.Session(progress)
-	r.obs.StateChanged(StateStreaming, "", nil)
-
-	var bg sync.WaitGroup
-	bgCtx, stopBackground := context.WithCancel(context.Background())
-	defer func() {
-		stopBackground()
-		bg.Wait()
-	}()
-	if r.cfg.OnError == OnErrorDeadLetter {
-		dl := newDeadLetters(pub, r.cfg.DeadLetterTopic, tracker, r.obs, r.log)
-		p.deadLetter = dl.add
-		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			dl.run(bgCtx, p.fail)
-		}()
-	}
-	hb := &heartbeat{
-		connString: r.cfg.ConnString,
-		interval:   r.cfg.HeartbeatInterval,
-		prefix:     r.cfg.Decoder.HeartbeatPrefix,
-		log:        r.log,
-		idle:       p.idleSince,
-		sent:       r.obs.HeartbeatSent,
-	}
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
-		hb.run(bgCtx)
-	}()
-	if r.cfg.PruneAfter > 0 {
-		pr := &pruner{
-			connString: r.cfg.ConnString,
-			table:      tableIdent(r.cfg.Slot),
-			idColumn:   columnsOf(r.cfg.Decoder).ID,
-			ageColumn:  columnsOf(r.cfg.Decoder).CreatedAt,
-			after:      r.cfg.PruneAfter,
-			interval:   pruneInterval(r.cfg.PruneAfter),
-			confirmed:  tracker.Safe,
-			log:        r.log,
-			pruned:     r.obs.RowsPruned,
-		}
-		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			pr.run(bgCtx)
-		}()
-	}
-	// Batches of up to 256 messages: at most 16 wait, bounding memory.
-	msgs := make(chan []replication.Message, 16)
-	// The reader outlives ctx: it keeps confirming while the publisher
-	// drains, and sends the final status update when told to stop.
-	readerCtx, stopReader := context.WithCancel(context.Background())
-	defer stopReader()
-	readerDone := make(chan error, 1)
-	go func() { readerDone <- stream.Run(readerCtx, msgs, p.tracker.Safe) }()
-
-	runErr := p.run(ctx, msgs, readerDone, r.cfg.ShutdownTimeout)
-	if p.readerFailed {
-		runErr = withCause(CauseReplication, runErr)
-	} else {
-		runErr = withCause(CauseSink, runErr)
-	}
-
-	// Phase two: drain the publisher, then confirm what is safe.
-	drained := make(chan error, 1)
-	go func() { drained <- pub.Close() }()
-	select {
-	case err := <-drained:
-		if err != nil {
-			r.log.Warn("closing the publisher", "err", err)
-		}
-	case <-time.After(r.cfg.ShutdownTimeout):
-		r.log.Warn("publisher did not drain in time; confirming only what was acknowledged", "timeout", r.cfg.ShutdownTimeout, "in_flight", p.tracker.InFlight())
-	}
-	stopReader()
-	var readerErr error
-	if !p.readerFailed {
-		// When the reader failed, the pipeline already received its error:
-		// waiting for another would block forever. A reader that does not
-		// stop (a read the network never interrupts) must not hang the
-		// shutdown: what it has not confirmed is re-sent next time.
-		select {
-		case readerErr = <-readerDone:
-		case <-time.After(r.cfg.ShutdownTimeout):
-			readerErr = fmt.Errorf("the replication reader did not stop within %s; the final status update may be missing", r.cfg.ShutdownTimeout)
-		}
-	}
-	if readerErr != nil {
-		if runErr == nil {
-			runErr = withCause(CauseReplication, readerErr)
+	skips := &skipList{ids: map[string]bool{}, lsns: map[pglogrepl.LSN]bool{}}
+	for _, s := range recorded {
+		if s.EventID != "" {
+			skips.ids[s.EventID] = true
 		} else {
-			r.log.Warn("replication stream", "slot", r.cfg.Slot.Slot, "err", readerErr)
+			skips.lsns[s.LSN] = true
 		}
 	}
-	r.log.Info("session stopped", "slot", r.cfg.Slot.Slot, "confirmed", stream.Confirmed())
-	return runErr
+	return start, skips, nil
 }
 
-// prepare checks the server, creates what is missing if asked, and returns
-// the slot's confirmed position: where this session resumes.
-func (r *Relay) prepare(ctx context.Context) (pglogrepl.LSN, error) {
+// checkServer is prepare's checks and slot creation.
+func (r *Relay) checkServer(ctx context.Context) (pglogrepl.LSN, error) {
 	conn, err := connectAdmin(ctx, r.cfg.ConnString)
 	if err != nil {
 		return 0, classifyConnect(err)

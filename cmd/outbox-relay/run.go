@@ -79,11 +79,13 @@ func coreFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "heartbeat-interval", Value: 30 * time.Second, EnvVars: env("HEARTBEAT_INTERVAL"),
 			Usage: "when nothing was published for this long, write a heartbeat message so the slot advances even if only other tables or databases change (0: off)"},
 		&cli.StringFlag{Name: "on-error", EnvVars: env("ON_ERROR"),
-			Usage: "an event the broker rejects for good (too large, invalid): dead-letter (default for kafka) sends it to --dead-letter-topic and goes on; stop (default for other sinks) halts without confirming past it"},
+			Usage: "a poison event (a row that cannot become a record, or a record the broker refuses for its content): dead-letter (default for kafka) sends it to --dead-letter-topic and goes on; stop (default for other sinks) exits 1 without confirming past it and names the `slot skip` command that skips it. Broker outages and authorization errors are never poison: the relay pauses and retries"},
 		&cli.StringFlag{Name: "dead-letter-topic", Value: "outbox.dead-letter", EnvVars: env("DEAD_LETTER_TOPIC"),
 			Usage: "topic for rejected events, with headers outbox-relay-error and outbox-relay-original-topic"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"),
-			Usage: "how long a stop may take to finish the open transaction and drain broker acks"},
+			Usage: "how long a stop may take to finish the open transaction and drain broker acks; a stop that runs out of time exits 1 and says how many events will be sent again"},
+		&cli.Int64Flag{Name: "max-in-flight-bytes", Value: relay.DefaultMaxInFlightBytes, EnvVars: env("MAX_IN_FLIGHT_BYTES"),
+			Usage: "bytes of events published and not yet acknowledged, at most (with --max-in-flight); a larger event goes alone"},
 		&cli.DurationFlag{Name: "prune-after", EnvVars: env("PRUNE_AFTER"),
 			Usage: "delete outbox rows older than this (by created_at) once the relay has confirmed them, 1,000 per statement; needs DELETE on the table (0: off, the table is left alone)"},
 	}
@@ -143,7 +145,10 @@ func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, error) {
 		HeartbeatInterval: c.Duration("heartbeat-interval"),
 		PruneAfter:        c.Duration("prune-after"),
 		DeadLetterTopic:   c.String("dead-letter-topic"),
-		Logger:            log,
+		MaxInFlightBytes:  c.Int64("max-in-flight-bytes"),
+		// A dead letter must fit the broker's record limit.
+		DeadLetterMaxBytes: c.Int("kafka-max-message-bytes"),
+		Logger:             log,
 	}
 	// Dead-lettering needs a sink that tells record rejections apart and
 	// routes by topic: Kafka.
@@ -157,6 +162,9 @@ func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, error) {
 		return relay.Config{}, usagef("--on-error dead-letter works with --sink kafka only; use --on-error stop with --sink %s", c.String("sink"))
 	default:
 		cfg.OnError = onErr
+	}
+	if cfg.MaxInFlightBytes < 1 {
+		return relay.Config{}, usagef("--max-in-flight-bytes %d is below 1", cfg.MaxInFlightBytes)
 	}
 	if err := applyOutboxFlags(c, &cfg); err != nil {
 		return relay.Config{}, err

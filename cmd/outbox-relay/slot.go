@@ -20,12 +20,13 @@ func slotCommand() *cli.Command {
 			slotCreateCommand(),
 			slotDropCommand(),
 			slotListCommand(),
+			slotSkipCommand(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
-				return usagef("unknown command slot %s: want slot create, slot drop or slot list", c.Args().First())
+				return usagef("unknown command slot %s: want slot create, slot drop, slot list or slot skip", c.Args().First())
 			}
-			return usagef("slot needs a command: create, drop or list")
+			return usagef("slot needs a command: create, drop, list or skip")
 		},
 	}
 }
