@@ -84,3 +84,37 @@ func (s *skipList) skip(id string, lsn pglogrepl.LSN) bool {
 	}
 	return id != "" && s.ids[id] || s.lsns[lsn]
 }
+
+// maxDeadLettered bounds the dead-lettered event ids a relay remembers.
+const maxDeadLettered = 10000
+
+// deadLettered remembers, across the sessions of one relay, the events
+// whose dead letter the broker acknowledged. A session that ends before
+// their transaction is confirmed (a later record of the same partition
+// failed) meets them again; sending another dead letter, and failing the
+// same way behind it, would loop.
+type deadLettered struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (d *deadLettered) add(id string) {
+	if id == "" {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ids == nil || len(d.ids) >= maxDeadLettered {
+		d.ids = make(map[string]bool)
+	}
+	d.ids[id] = true
+}
+
+func (d *deadLettered) has(id string) bool {
+	if d == nil || id == "" {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ids[id]
+}

@@ -28,6 +28,8 @@ type deadLetters struct {
 	// release returns the event's bytes to the in-flight budget once it is
 	// done with.
 	release func(n int64)
+	// sent remembers the events whose dead letter was acknowledged.
+	sent *deadLettered
 
 	mu     sync.Mutex
 	queue  []deadLetter
@@ -84,6 +86,7 @@ func (d *deadLetters) publish(ctx context.Context, dl deadLetter, fail func(erro
 	err := d.pub.Publish(ctx, rec, func(err error) {
 		switch {
 		case err == nil:
+			d.sent.add(id)
 			d.tracker.Ack(dl.tok)
 			d.release(dl.size)
 			d.obs.EventDeadLettered()

@@ -170,6 +170,10 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 			p.log.Warn("skipping event as `outbox-relay slot skip` recorded", "slot", p.slot, "event_id", op.Event.ID, "lsn", m.WALStart)
 			return nil
 		}
+		if p.deadLetters != nil && p.deadLetters.sent.has(op.Event.ID) {
+			p.log.Info("skipping event already sent to the dead-letter topic", "slot", p.slot, "event_id", op.Event.ID, "lsn", m.WALStart)
+			return nil
+		}
 		return p.publish(ctx, op.Event, m.ReceivedAt)
 	case decoder.KindCommit:
 		p.tracker.Commit(op.EndLSN)
@@ -218,6 +222,9 @@ func (p *pipeline) poisonRow(ctx context.Context, row *decoder.RowError) error {
 	if p.skips.skip(row.EventID, row.LSN) {
 		p.log.Warn("skipping row as `outbox-relay slot skip` recorded", "slot", p.slot, "event_id", row.EventID, "lsn", row.LSN, "err", row)
 		return nil
+	}
+	if p.deadLetters != nil && p.deadLetters.sent.has(row.EventID) {
+		return nil // dead-lettered in an earlier session of this relay
 	}
 	p.obs.PublishFailed(ReasonRejected)
 	pz := poison{row: row, lsn: row.LSN, err: row}

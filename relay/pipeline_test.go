@@ -199,7 +199,7 @@ func startPipeline(t *testing.T, pub Publisher, deadLetter bool, budget int64) *
 		expired: make(chan struct{}), done: make(chan error, 1)}
 	if deadLetter {
 		p.deadLetters = &deadLetters{pub: pub, topic: "dlq", limit: 64 << 10, slot: "s", tracker: tracker, obs: nopObserver{},
-			log: p.log, release: p.budget.release, signal: make(chan struct{}, 1)}
+			log: p.log, release: p.budget.release, sent: &deadLettered{}, signal: make(chan struct{}, 1)}
 		bgCtx, stop := context.WithCancel(context.Background())
 		tp.bg.Add(1)
 		go func() {

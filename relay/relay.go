@@ -177,6 +177,8 @@ type Relay struct {
 	// prevPublisher, if set, closes when the previous session's publisher
 	// has finished closing; the next session publishes only after that.
 	prevPublisher <-chan struct{}
+	// deadLettered outlives sessions: see its type.
+	deadLettered deadLettered
 }
 
 // New checks cfg and returns a relay ready to Run.

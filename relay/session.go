@@ -188,7 +188,7 @@ func (r *Relay) newPipeline(stream *replication.Stream, pub Publisher, tracker *
 	if r.cfg.OnError == OnErrorDeadLetter {
 		p.deadLetters = &deadLetters{
 			pub: pub, topic: r.cfg.DeadLetterTopic, limit: r.cfg.DeadLetterMaxBytes, slot: r.cfg.Slot.Slot,
-			tracker: tracker, obs: r.obs, log: r.log, release: budget.release,
+			tracker: tracker, obs: r.obs, log: r.log, release: budget.release, sent: &r.deadLettered,
 			signal: make(chan struct{}, 1),
 		}
 	}

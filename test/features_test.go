@@ -61,8 +61,8 @@ func TestRejectedEventIsDeadLetteredAndTheStreamGoesOn(t *testing.T) {
 		!strings.Contains(strings.ToLower(d.Headers["outbox-relay-error"]), "larger") {
 		t.Fatalf("dead letter headers %v: want id %s, original topic outbox.order and the error", d.Headers, huge)
 	}
-	if len(d.Value) != 0 {
-		t.Fatalf("dead letter of a too-large record carries %d payload bytes; the payload is why it was rejected", len(d.Value))
+	if len(d.Value) >= 1<<20 || d.Headers["outbox-relay-truncated"] == "" {
+		t.Fatalf("dead letter of a too-large record carries %d payload bytes (truncation noted: %q); it must be cut down to fit", len(d.Value), d.Headers["outbox-relay-truncated"])
 	}
 	if _, err := kafkatest.ReadN(ctx, brokers, topics, sc.total()); err != nil {
 		t.Fatalf("events after the rejected one: %v", err)
@@ -77,8 +77,8 @@ func TestRejectedEventIsDeadLetteredAndTheStreamGoesOn(t *testing.T) {
 	})
 }
 
-// With --on-error stop, a rejected event is never confirmed past, however
-// often the session is retried.
+// With --on-error stop, a rejected event stops the relay (exit 1) without
+// confirming past it, and a restart meets it again: never skipped silently.
 func TestOnErrorStopNeverConfirmsPastARejectedEvent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -87,7 +87,8 @@ func TestOnErrorStopNeverConfirmsPastARejectedEvent(t *testing.T) {
 	sc := newScenario(t, db, 10)
 	cluster := kafkatest.NewCluster(t)
 	brokers := cluster.ListenAddrs()
-	p := startRelay(t, "--pg-url", db.URL, "--kafka-brokers", brokers[0], "--slot", "stoperr", "--publication", "stoperr", "--on-error", "stop")
+	args := []string{"--pg-url", db.URL, "--kafka-brokers", brokers[0], "--slot", "stoperr", "--publication", "stoperr", "--on-error", "stop"}
+	p := startRelay(t, args...)
 	waitSlotActive(t, db, "stoperr")
 
 	if err := sc.writeConcurrently(ctx, 1, 50, 5, nil); err != nil {
@@ -101,16 +102,23 @@ func TestOnErrorStopNeverConfirmsPastARejectedEvent(t *testing.T) {
 	if err := sc.writeConcurrently(ctx, 1, 50, 5, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 90*time.Second, "two sessions to fail on the rejected event", func() (bool, error) {
-		out := p.out.String()
-		return strings.Count(out, "reconnecting") >= 2 && strings.Contains(out, huge), nil
-	})
-	lsn, err := slotConfirmed(ctx, db, "stoperr")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lsn > before {
-		t.Fatalf("slot confirmed %s, past %s where the rejected event's transaction begins", lsn, before)
+	for run := range 2 {
+		if code := p.waitExit(t, 60*time.Second); code != 1 {
+			t.Fatalf("run %d: exit code %d at a rejected event with --on-error stop, want 1", run, code)
+		}
+		if out := p.out.String(); !strings.Contains(out, "slot skip --slot stoperr --event "+huge) {
+			t.Fatalf("run %d: the stop does not name the skip command for %s:\n%s", run, huge, tail(out, 10))
+		}
+		lsn, err := slotConfirmed(ctx, db, "stoperr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lsn > before {
+			t.Fatalf("run %d: slot confirmed %s, past %s where the rejected event's transaction begins", run, lsn, before)
+		}
+		if run == 0 {
+			p = startRelay(t, args...)
+		}
 	}
 	if n, _ := kafkatest.ReadAll(ctx, brokers, []string{"outbox.dead-letter"}, 500*time.Millisecond); len(n) != 0 {
 		t.Fatalf("%d dead letters with --on-error stop", len(n))

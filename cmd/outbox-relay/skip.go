@@ -32,10 +32,13 @@ func slotSkipCommand() *cli.Command {
 			if c.Args().Present() {
 				return usagef("slot skip takes no arguments, got %q: use --event ID (and --lsn)", c.Args().First())
 			}
-			cfg, err := slotConfig(c)
-			if err != nil {
-				return err
+			// Skipping needs no publication; the placeholder only
+			// satisfies Validate.
+			cfg := slot.Config{Slot: c.String("slot"), Publication: "unused", Table: c.String("table")}
+			if err := cfg.Validate(); err != nil {
+				return usageErr(err)
 			}
+			var err error
 			s := slot.Skip{EventID: c.String("event")}
 			if v := c.String("lsn"); v != "" {
 				if s.LSN, err = pglogrepl.ParseLSN(v); err != nil {
