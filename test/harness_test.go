@@ -78,10 +78,23 @@ type relayProc struct {
 // updates; the process is killed on cleanup if the test did not stop it.
 func startRelay(t *testing.T, args ...string) *relayProc {
 	t.Helper()
+	return launchRelay(t, relayBin, append([]string{"--status-interval", "300ms", "--receive-timeout", "10s"}, args...)...)
+}
+
+// startRelayDefaults is startRelay with the relay's default status
+// interval and receive timeout.
+func startRelayDefaults(t *testing.T, args ...string) *relayProc {
+	t.Helper()
+	return launchRelay(t, relayBin, args...)
+}
+
+// launchRelay runs `bin run` with debug logging and the given flags.
+func launchRelay(t *testing.T, bin string, args ...string) *relayProc {
+	t.Helper()
 	// No fixed metrics port: tests run side by side; a test that scrapes
 	// passes its own --metrics-addr, and the later flag wins.
-	full := append([]string{"run", "--status-interval", "300ms", "--receive-timeout", "10s", "--log-level", "debug", "--metrics-addr", ""}, args...)
-	cmd := exec.Command(relayBin, full...)
+	full := append([]string{"run", "--log-level", "debug", "--metrics-addr", ""}, args...)
+	cmd := exec.Command(bin, full...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env = os.Environ()
