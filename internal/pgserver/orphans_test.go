@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/orphan"
 )
 
 // TestMain doubles as the orphan owner for
@@ -52,33 +54,33 @@ func TestServersOfAKilledProcessAreSwept(t *testing.T) {
 	if filepath.Dir(dir) != os.TempDir() {
 		t.Fatalf("helper said %q", line)
 	}
-	orphan := &Server{dir: dir, dataDir: filepath.Join(dir, "data")}
-	pid, ok := orphan.postmasterPID()
-	if !ok || !processAlive(pid) {
+	left := &Server{dir: dir, dataDir: filepath.Join(dir, "data")}
+	pid, ok := left.postmasterPID()
+	if !ok || !orphan.ProcessAlive(pid) {
 		t.Fatalf("the helper's postmaster is not running (pid %d)", pid)
 	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	if !processAlive(pid) {
+	if !orphan.ProcessAlive(pid) {
 		t.Fatalf("postmaster %d died with its owner: nothing to sweep, the test proves nothing", pid)
 	}
 
 	sweepOrphans(live.binDir, live.asUser, t.Logf)
 
 	deadline := time.Now().Add(30 * time.Second)
-	for processAlive(pid) && time.Now().Before(deadline) {
+	for orphan.ProcessAlive(pid) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond) // polling a pid: nothing to wait on
 	}
-	if processAlive(pid) {
+	if orphan.ProcessAlive(pid) {
 		t.Fatalf("orphaned postmaster %d still running after the sweep", pid)
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("orphan directory %s still there: %v", dir, err)
 	}
 	// The live process's server is untouched.
-	if p, ok := live.postmasterPID(); !ok || !processAlive(p) {
+	if p, ok := live.postmasterPID(); !ok || !orphan.ProcessAlive(p) {
 		t.Fatalf("the sweep stopped a server whose owner is alive")
 	}
 	connect(t, live.URL("postgres"))

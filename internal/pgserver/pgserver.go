@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/internal/orphan"
 )
 
 // Options configure Start. The zero value is usable.
@@ -134,8 +136,8 @@ func (s *Server) start(ctx context.Context, settings map[string]string) error {
 	s.dir = dir
 	s.dataDir = filepath.Join(dir, "data")
 	s.logFile = filepath.Join(dir, "postgres.log")
-	if err := writeOwner(dir); err != nil {
-		return fmt.Errorf("writing %s: %w", filepath.Join(dir, ownerFile), err)
+	if err := orphan.Claim(dir); err != nil {
+		return fmt.Errorf("claiming %s: %w", dir, err)
 	}
 
 	if s.asUser != "" {
@@ -313,7 +315,7 @@ func (s *Server) teardown() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		out, err := s.pgCommand(ctx, "pg_ctl", "stop", "-D", s.dataDir, "-m", "immediate", "-w").CombinedOutput()
 		cancel()
-		if err != nil && processAlive(pid) {
+		if err != nil && orphan.ProcessAlive(pid) {
 			// pg_ctl failed; do not leave a server behind.
 			if kerr := syscall.Kill(pid, syscall.SIGKILL); kerr != nil && !errors.Is(kerr, syscall.ESRCH) {
 				errs = append(errs, fmt.Errorf("stopping PostgreSQL (pid %d): %w\n%s", pid, err, bytes.TrimSpace(out)))
@@ -339,19 +341,6 @@ func (s *Server) postmasterPID() (int, bool) {
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
 	return pid, err == nil && pid > 0
-}
-
-// processAlive reports whether pid runs. A zombie (the daemonized postmaster
-// may wait for a reaper that never comes in a container) counts as gone.
-func processAlive(pid int) bool {
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// Format: pid (comm) state ...; comm may contain spaces and parentheses.
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
-			return b[i+2] != 'Z'
-		}
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // pgCommand runs one of the PostgreSQL binaries.

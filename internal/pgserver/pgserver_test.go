@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/internal/orphan"
 )
 
 func startServer(t *testing.T, opts Options) *Server {
@@ -127,13 +129,13 @@ func TestStopThenRestart(t *testing.T) {
 func TestCloseStopsTheServerAndRemovesItsDirectory(t *testing.T) {
 	s := startServer(t, Options{})
 	pid, ok := s.postmasterPID()
-	if !ok || !processAlive(pid) {
+	if !ok || !orphan.ProcessAlive(pid) {
 		t.Fatalf("no running postmaster (pid %d, found %v)", pid, ok)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if processAlive(pid) {
+	if orphan.ProcessAlive(pid) {
 		t.Errorf("postmaster %d still running after Close", pid)
 	}
 	if _, err := os.Stat(s.dir); !errors.Is(err, os.ErrNotExist) {
