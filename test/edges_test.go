@@ -96,7 +96,7 @@ func TestBrokerStallEndsNoSession(t *testing.T) {
 			thaw()
 			stalled := time.Since(began)
 
-			recs := settle(t, db, "stall", cluster, sc.total())
+			recs := settleRecords(t, db, "stall", cluster, sc.total())
 			res := sc.check(t, recs)
 			checked := watch.check(t, sc, recs)
 			if got := walsenderPID(t, db, "stall"); got != pid {

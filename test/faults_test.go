@@ -53,8 +53,15 @@ func faultArgs(pgURL string, cluster *kfake.Cluster, name string, extra ...strin
 // (the relay acked it all), then reads every record on the topics.
 func settle(t *testing.T, db *pgtest.DB, slot string, cluster *kfake.Cluster, want int) []kafkatest.Record {
 	t.Helper()
-	ctx := t.Context()
 	isolateMetrics(t)
+	return settleRecords(t, db, slot, cluster, want)
+}
+
+// settleRecords is settle for tests that run in parallel (which may not
+// set environment variables).
+func settleRecords(t *testing.T, db *pgtest.DB, slot string, cluster *kfake.Cluster, want int) []kafkatest.Record {
+	t.Helper()
+	ctx := t.Context()
 	readCtx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	got, err := kafkatest.ReadN(readCtx, cluster.ListenAddrs(), topics, want)

@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -45,6 +46,7 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return usageErr(err)
 			}
+			softMemoryLimit(cfg.MaxInFlightBytes, log)
 			log.Info("starting", "version", version, "slot", cfg.Slot.Slot, "table", cfg.Slot.Table, "sink", describe)
 			if err := r.Run(c.Context); err != nil {
 				return err
@@ -173,4 +175,18 @@ func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, error) {
 		return relay.Config{}, usageErr(err)
 	}
 	return cfg, nil
+}
+
+// softMemoryLimit tells the Go runtime to collect garbage harder as the
+// heap nears twice the in-flight byte budget plus room for everything else,
+// unless GOMEMLIMIT says otherwise: with large events the default (a heap
+// twice the live data) would let the process grow well past what the
+// budget holds.
+func softMemoryLimit(budget int64, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := 2*budget + 64<<20
+	debug.SetMemoryLimit(limit)
+	log.Debug("soft memory limit set (GOMEMLIMIT overrides it)", "bytes", limit)
 }
