@@ -482,3 +482,52 @@ func TestLargeEventsBehindAFrozenBrokerStayWithinTheByteBudget(t *testing.T) {
 		t.Fatalf("peak RSS %.1f MiB, want at most 256 MiB with the default byte budget", rssEnd)
 	}
 }
+
+// A topic authorization failure is an infrastructure error, not poison:
+// nothing is dead-lettered or confirmed past it, the relay logs the cause
+// and the fix and retries, and once the ACL is there every event arrives
+// in order.
+func TestAuthorizationFailureIsRetriedNeverDeadLettered(t *testing.T) {
+	ctx := t.Context()
+	db := pgtest.New(t)
+	migrate(t, db)
+	sc := newScenario(t, db, 10)
+	cluster := kafkatest.NewCluster(t)
+	brokers := cluster.ListenAddrs()
+	var denied atomic.Bool
+	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		if !denied.Load() {
+			return nil, nil, false
+		}
+		return produceError(req, 29 /* TOPIC_AUTHORIZATION_FAILED */), nil, true
+	})
+	p := startRelay(t, faultArgs(db.URL, cluster, "acl")...)
+	waitSlotActive(t, db, "acl")
+	watch := watchConfirmed(t, db, "acl", brokers)
+	denied.Store(true)
+	before, err := currentWAL(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.writeConcurrently(ctx, 2, 300, 5, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the relay to name the missing ACL and retry", func() (bool, error) {
+		out := p.out.String()
+		return strings.Contains(out, "grant WRITE") && strings.Count(out, "reconnecting") >= 2, nil
+	})
+	if lsn, err := slotConfirmed(ctx, db, "acl"); err != nil || lsn > before {
+		t.Fatalf("slot confirmed %s (%v) past %s while every record was denied", lsn, err, before)
+	}
+	denied.Store(false)
+	recs := settle(t, db, "acl", cluster, sc.total())
+	sc.check(t, recs)
+	watch.check(t, sc, recs)
+	if dead, _ := kafkatest.ReadAll(ctx, brokers, []string{"outbox.dead-letter"}, 500*time.Millisecond); len(dead) != 0 {
+		t.Fatalf("%d events dead-lettered for an authorization failure", len(dead))
+	}
+	if p.exited() {
+		t.Fatal("the relay exited on an authorization failure")
+	}
+}
