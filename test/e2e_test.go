@@ -20,18 +20,22 @@ import (
 var topics = []string{"outbox.order", "outbox.customer"}
 
 // A clean run delivers every committed event exactly once, in commit order
-// per aggregate, and the slot is confirmed to the end.
+// per aggregate, and the slot is confirmed to the end. The same runs
+// against Apache Kafka in TestApacheEndToEndEveryEventOnceInCommitOrder.
 func TestEndToEndEveryEventOnceInCommitOrder(t *testing.T) {
+	cluster := kafkatest.NewCluster(t, kfake.DefaultNumPartitions(8))
+	everyEventOnceInCommitOrder(t, cluster.ListenAddrs())
+}
+
+func everyEventOnceInCommitOrder(t *testing.T, brokers []string) {
 	ctx := t.Context()
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 200)
-	cluster := kafkatest.NewCluster(t, kfake.DefaultNumPartitions(8))
-	brokers := strings.Join(cluster.ListenAddrs(), ",")
 
-	relay := startRelay(t, "--pg-url", db.URL, "--kafka-brokers", brokers, "--slot", "e2e", "--publication", "e2e")
+	relay := startRelay(t, "--pg-url", db.URL, "--kafka-brokers", strings.Join(brokers, ","), "--slot", "e2e", "--publication", "e2e")
 	waitSlotActive(t, db, "e2e")
-	watch := watchConfirmed(t, db, "e2e", cluster.ListenAddrs())
+	watch := watchConfirmed(t, db, "e2e", brokers)
 
 	start := time.Now()
 	bulkDone := make(chan error, 1)
@@ -60,7 +64,7 @@ func TestEndToEndEveryEventOnceInCommitOrder(t *testing.T) {
 
 	readCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	recs, err := kafkatest.ReadN(readCtx, cluster.ListenAddrs(), topics, 20000)
+	recs, err := kafkatest.ReadN(readCtx, brokers, topics, 20000)
 	if err != nil {
 		t.Fatalf("reading records: got %d of 20000: %v", len(recs), err)
 	}
@@ -72,7 +76,7 @@ func TestEndToEndEveryEventOnceInCommitOrder(t *testing.T) {
 	t.Logf("20000 events written and delivered in %s (%.0f events/s end to end)", elapsed.Round(time.Millisecond), 20000/elapsed.Seconds())
 
 	// Nothing more arrives: exactly once means no late repeats either.
-	more, _ := kafkatest.ReadAll(ctx, cluster.ListenAddrs(), topics, 2*time.Second)
+	more, _ := kafkatest.ReadAll(ctx, brokers, topics, 2*time.Second)
 	if len(more) != 20000 {
 		t.Fatalf("topics hold %d records after the run, want exactly 20000", len(more))
 	}
@@ -84,7 +88,7 @@ func TestEndToEndEveryEventOnceInCommitOrder(t *testing.T) {
 	t.Logf("confirmed position never ahead of the broker: %d event checks", watch.check(t, sc, recs))
 
 	// An independent client sees the same records.
-	checkWithKcat(t, cluster.ListenAddrs()[0], recs)
+	checkWithKcat(t, brokers[0], recs)
 
 	if code := relay.stop(t, syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Fatalf("relay exit code %d after SIGTERM, want 0", code)
