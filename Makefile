@@ -3,12 +3,21 @@ GO       ?= go
 FUZZTIME ?= 20s
 BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 
-.PHONY: all test lint build demo bench bench-go fuzz clean
+.PHONY: all test test-kafka kafka-jars lint build demo bench bench-go fuzz clean
 
 all: lint test
 
-test:
+test: kafka-jars
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Just the tests against Apache Kafka itself (test/kafkatest/apache.go).
+test-kafka: kafka-jars
+	$(GO) test -race -count=1 -timeout 10m -run 'Apache' ./test/ ./test/kafkatest/
+
+# Apache Kafka's jars, fetched with Maven into ~/.cache once (needs Java 17+
+# and Maven); a no-op when they are there.
+kafka-jars:
+	@bash kafka/fetch.sh
 
 lint:
 	@out=$$(gofmt -l .); \
