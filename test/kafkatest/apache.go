@@ -50,10 +50,9 @@ const (
 type Apache struct {
 	t         testing.TB
 	java      string
-	libs      string
 	dir       string // removed at cleanup: log4j2.properties, tmp/, node-N/
 	clusterID string
-	jvmFlags  []string
+	jvmFlags  []string // with the classpath
 	nodes     []*apacheNode
 }
 
@@ -232,9 +231,13 @@ func startApache(t testing.TB, java, libs string, nodes int, cfg apacheConfig) (
 		return nil, fmt.Errorf("creating a directory for Kafka in %s: %w", os.TempDir(), err)
 	}
 	a := &Apache{
-		t: t, java: java, libs: libs, dir: dir,
+		t: t, java: java, dir: dir,
 		clusterID: newClusterID(),
 		jvmFlags:  append(append(slices.Clone(defaultJVMFlags), "-Djava.io.tmpdir="+filepath.Join(dir, "tmp")), cfg.jvmFlags...),
+	}
+	cp, err := apacheClasspath(libs)
+	if err != nil {
+		return nil, err
 	}
 	ok := false
 	defer func() {
@@ -251,7 +254,13 @@ func startApache(t testing.TB, java, libs string, nodes int, cfg apacheConfig) (
 	if err := os.WriteFile(filepath.Join(dir, "log4j2.properties"), []byte(log4j2Properties), 0o644); err != nil {
 		return nil, err
 	}
-	a.jvmFlags = append(a.jvmFlags, "-Dlog4j2.configurationFile="+filepath.Join(dir, "log4j2.properties"))
+	a.jvmFlags = append(a.jvmFlags, "-Dlog4j2.configurationFile="+filepath.Join(dir, "log4j2.properties"), "-cp", cp)
+	if _, err := os.Stat(filepath.Join(libs, "kafka.jsa")); err == nil {
+		// The classes a starting node loads, archived by kafka/fetch.sh: a
+		// node maps them instead of loading and verifying each again. An
+		// archive the JVM cannot use (another Java) is ignored.
+		a.jvmFlags = append(a.jvmFlags, "-XX:SharedArchiveFile="+filepath.Join(libs, "kafka.jsa"))
+	}
 
 	ports, err := freePorts(2 * nodes)
 	if err != nil {
@@ -341,6 +350,18 @@ func ApacheLibDir() (string, error) {
 	return filepath.Join(cache, "outbox-relay", "kafka", KafkaVersion), nil
 }
 
+// apacheClasspath lists the jars in libs, sorted as kafka/fetch.sh lists
+// them when it makes the class-data-sharing archive, which is valid only
+// for that classpath. (A "libs/*" wildcard leaves the order to the
+// directory.)
+func apacheClasspath(libs string) (string, error) {
+	jars, err := filepath.Glob(filepath.Join(libs, "*.jar"))
+	if err != nil || len(jars) == 0 {
+		return "", fmt.Errorf("no jars in %s (%v): run `bash kafka/fetch.sh`", libs, err)
+	}
+	return strings.Join(jars, string(os.PathListSeparator)), nil
+}
+
 // format writes each node's storage (meta.properties and the bootstrap
 // metadata), as kafka-storage.sh format does, the nodes side by side.
 func (a *Apache) format() error {
@@ -348,7 +369,7 @@ func (a *Apache) format() error {
 	var wg sync.WaitGroup
 	for i, n := range a.nodes {
 		wg.Go(func() {
-			args := append(slices.Clone(a.jvmFlags), "-cp", filepath.Join(a.libs, "*"),
+			args := append(slices.Clone(a.jvmFlags),
 				"kafka.tools.StorageTool", "format", "--cluster-id", a.clusterID, "--config", filepath.Join(n.dir, "server.properties"))
 			cmd := exec.Command(a.java, args...)
 			var out bytes.Buffer
@@ -366,7 +387,7 @@ func (a *Apache) format() error {
 // launch starts node n's JVM.
 func (a *Apache) launch(n *apacheNode) error {
 	fmt.Fprintf(n.log, "\n--- kafkatest: starting node %d at %s\n", n.id, time.Now().Format(time.RFC3339Nano))
-	args := append(slices.Clone(a.jvmFlags), "-cp", filepath.Join(a.libs, "*"), "kafka.Kafka", filepath.Join(n.dir, "server.properties"))
+	args := append(slices.Clone(a.jvmFlags), "kafka.Kafka", filepath.Join(n.dir, "server.properties"))
 	cmd := exec.Command(a.java, args...)
 	cmd.Dir = n.dir
 	cmd.Stdout, cmd.Stderr = n.log, n.log
