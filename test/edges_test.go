@@ -422,6 +422,7 @@ var norace = sync.OnceValues(func() (string, error) {
 // more than its byte budget of them (peak RSS at most 256 MiB with the
 // default flags), then delivers all 400, once.
 func TestLargeEventsBehindAFrozenBrokerStayWithinTheByteBudget(t *testing.T) {
+	t.Parallel() // mostly waiting: alongside the stall tests
 	ctx := t.Context()
 	bin, err := norace()
 	if err != nil {
