@@ -22,7 +22,17 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // and returns the database and the slot's start position.
 func testSlot(t *testing.T) (*pgtest.DB, pglogrepl.LSN) {
 	t.Helper()
-	db := pgtest.New(t)
+	return slotIn(t, pgtest.New(t))
+}
+
+// testSlotOn is testSlot on a server of its own with the given settings.
+func testSlotOn(t *testing.T, settings map[string]string) (*pgtest.DB, pglogrepl.LSN) {
+	t.Helper()
+	return slotIn(t, pgtest.OnServer(t, pgtest.NewServer(t, settings)))
+}
+
+func slotIn(t *testing.T, db *pgtest.DB) (*pgtest.DB, pglogrepl.LSN) {
+	t.Helper()
 	db.Exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)`)
 	db.Exec(t, `CREATE PUBLICATION p FOR TABLE t`)
 	var lsn string
@@ -313,23 +323,6 @@ func TestReleaseTakesOnlyRunsBatches(t *testing.T) {
 	if got := newBatch(); len(got) != 0 || cap(got) != maxBatch {
 		t.Fatalf("a batch from the pool has len %d cap %d", len(got), cap(got))
 	}
-}
-
-// testSlotOn is testSlot on a server of its own with the given settings.
-func testSlotOn(t *testing.T, settings map[string]string) (*pgtest.DB, pglogrepl.LSN) {
-	t.Helper()
-	db := pgtest.OnServer(t, pgtest.NewServer(t, settings))
-	db.Exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)`)
-	db.Exec(t, `CREATE PUBLICATION p FOR TABLE t`)
-	var lsn string
-	if err := db.Conn(t).QueryRow(t.Context(), `SELECT lsn::text FROM pg_create_logical_replication_slot('s', 'pgoutput')`).Scan(&lsn); err != nil {
-		t.Fatal(err)
-	}
-	start, err := pglogrepl.ParseLSN(lsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return db, start
 }
 
 func activePID(t *testing.T, db *pgtest.DB) int {
