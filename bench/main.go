@@ -1,6 +1,6 @@
 // Command bench measures the relay against the physical limit of logical
 // decoding (pg_recvlogical) and against the polling alternative, on one
-// machine, side by side (issue 6). `make bench` runs it.
+// machine, side by side. `make bench` runs it.
 //
 // It starts a private PostgreSQL (internal/pgserver) and, for every broker
 // run, a fresh Kafka-protocol broker (kfake) in a separate process. The relay

@@ -86,7 +86,7 @@ func verdict(ok bool) string {
 	return "**not met**"
 }
 
-// ratios evaluates the targets of issue 6.
+// ratios evaluates the benchmark's targets.
 func (e *env) ratios() []ratio {
 	var out []ratio
 	for _, shape := range []string{"batch", "message", "single"} {
@@ -182,7 +182,7 @@ func (e *env) writeResults() error {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# Benchmark results\n\n")
-	w("Written by `make bench` (bench/, issue 6); overwritten on every run. ")
+	w("Written by `make bench` (bench/); overwritten on every run. ")
 	w("All figures come from one run on one machine: Postgres, the broker, the relay and the load generator share its cores, so compare ratios, not absolutes.\n\n")
 	w("- command: `%s`\n", r.Command)
 	w("- date: %s (took %s)\n", r.Started.Format(time.RFC3339), r.Finished.Sub(r.Started).Round(time.Second))
@@ -256,7 +256,7 @@ func (e *env) writeResults() error {
 
 	e.writeSplit(w)
 
-	w("\n## Targets (issue 6)\n\n| target | measured | verdict |\n|---|---|---|\n")
+	w("\n## Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
 	for _, x := range e.ratios() {
 		w("| %s | %s | %s |\n", x.Target, x.Measured, x.Verdict)
 	}

@@ -1,4 +1,4 @@
--- The default outbox table (DESIGN.md §1) and an index for pruning by age.
+-- The default outbox table (README.md describes it) and an index for pruning by age.
 --
 -- Apply replaces the placeholders with quoted identifiers before running
 -- this file:

@@ -1,5 +1,5 @@
 // Package migrations holds the SQL that creates the default outbox table
-// (DESIGN.md §1) and applies it.
+// (the one README.md describes) and applies it.
 //
 // The SQL lives in the embedded *.sql files, run in name order. A file names
 // the table through placeholders that Apply replaces with quoted

@@ -1,6 +1,6 @@
 package test
 
-// Fault suite (issue 4): each TestFault* runs the real relay binary against a
+// Fault suite: each TestFault* runs the real relay binary against a
 // real PostgreSQL and kfake, injects one fault, and checks with the shared
 // scenario checker that every committed event arrives, in per-aggregate
 // commit order, with repeats only where a crash or reconnect allows them.
