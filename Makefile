@@ -32,7 +32,7 @@ build:
 demo: build
 	./bin/outbox-relay demo $(DEMO_FLAGS)
 
-# The end-to-end benchmark (issue 6): private PostgreSQL, kfake broker and the
+# The end-to-end benchmark: private PostgreSQL, kfake broker and the
 # relay in separate processes; writes bench/results/RESULTS.md and chart.png.
 # BENCH_FLAGS=--quick for a ~1 minute look; `go run ./bench -h` lists the rest.
 BENCH_FLAGS ?=
