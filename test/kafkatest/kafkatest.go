@@ -1,6 +1,7 @@
-// Package kafkatest runs an in-process Kafka-protocol broker (kfake) for tests
-// and reads back what reached it, with clients independent of the relay's own
-// producer: franz-go's kgo, and kcat when it is installed.
+// Package kafkatest runs an in-process Kafka-protocol broker (kfake) for tests,
+// or Apache Kafka itself (StartApache, in apache.go), and reads back what
+// reached it, with clients independent of the relay's own producer: franz-go's
+// kgo, and kcat when it is installed.
 package kafkatest
 
 import (
