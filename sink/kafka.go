@@ -338,12 +338,19 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 		}
 		return min(first<<min(retries, 8), DefaultMaxRetryBackoff)
 	}
+	// sarama fails a record whose partition has no known leader at once,
+	// and sends the next one when a leader is back: with the broker down a
+	// while, later records of an aggregate would overtake earlier ones.
+	// Metadata lookups therefore retry for hours (the producer waits, the
+	// pipeline is paused); NewKafka probes the brokers with the default
+	// budget first, so an unreachable cluster still fails fast at start.
 	metadataBackoff := sc.Metadata.Retry.Backoff
-	sc.Metadata.Retry.BackoffFunc = func(int, int) time.Duration {
+	sc.Metadata.Retry.Max = metadataRetryMax
+	sc.Metadata.Retry.BackoffFunc = func(retries, _ int) time.Duration {
 		if d.aborted.Load() {
 			return 0
 		}
-		return metadataBackoff
+		return min(metadataBackoff<<min(retries, 4), 2*time.Second)
 	}
 	if err := sc.Validate(); err != nil {
 		return nil, fmt.Errorf("kafka producer configuration: %w", err)
@@ -429,7 +436,11 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	}
 	// The producer runs on a client of our own, whose partition metadata
 	// Publish reads to choose a record's partition as sarama would.
-	client, err := sarama.NewClient(cfg.Brokers, sc)
+	err = probeBrokers(cfg.Brokers, sc)
+	var client sarama.Client
+	if err == nil {
+		client, err = sarama.NewClient(cfg.Brokers, sc)
+	}
 	var p sarama.AsyncProducer
 	if err == nil {
 		if p, err = sarama.NewAsyncProducerFromClient(client); err != nil {
@@ -467,6 +478,23 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	k.log.Info("connected to Kafka", "brokers", brokers, "client_id", cfg.ClientID, "version", cfg.Version, "max_in_flight", cfg.MaxInFlight,
 		"max_message_bytes", cfg.MaxMessageBytes, "compression", cfg.Compression, "tls", cfg.TLS.Enabled(), "sasl", cfg.SASL)
 	return k, nil
+}
+
+// metadataRetryMax is the producer client's metadata retry budget: with
+// backoff capped at 2s, hours of a cluster without a leader.
+const metadataRetryMax = 20000
+
+// probeBrokers fetches the cluster's metadata once with sarama's default
+// retry budget: the producer's own client retries for hours, and an
+// unreachable cluster must still be reported at start.
+func probeBrokers(brokers []string, sc *sarama.Config) error {
+	probe := *sc
+	probe.Metadata.Retry.Max = sarama.NewConfig().Metadata.Retry.Max
+	c, err := sarama.NewClient(brokers, &probe)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // rejected turns a producer start failure that retrying cannot fix (TLS
