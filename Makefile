@@ -8,7 +8,7 @@ BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 all: lint test
 
 test: kafka-jars
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 25m ./...
 
 # Just the tests against Apache Kafka itself (test/kafkatest/apache.go).
 test-kafka: kafka-jars

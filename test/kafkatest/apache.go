@@ -650,9 +650,15 @@ func (a *Apache) teardown(showLogs bool) {
 // newClusterID returns a random cluster id as Kafka writes them: 16 bytes
 // in unpadded URL-safe base64.
 func newClusterID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
+	for {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		// One that starts with '-' reads as an option to the storage
+		// tool (Kafka's own Uuid.randomUuid draws again too).
+		if id := base64.RawURLEncoding.EncodeToString(b[:]); id[0] != '-' {
+			return id
+		}
+	}
 }
 
 // writeProperties writes a Java properties file, keys sorted.

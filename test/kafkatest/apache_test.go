@@ -176,3 +176,12 @@ func TestApacheSweepsNodesOfAKilledProcess(t *testing.T) {
 	// The live process's cluster is untouched.
 	produce(t, live.Brokers(), &kgo.Record{Topic: "apache.live", Value: []byte("x")})
 }
+
+// A cluster id is never taken for an option by the storage tool.
+func TestClusterIDNeverStartsWithADash(t *testing.T) {
+	for range 5000 {
+		if id := newClusterID(); id[0] == '-' || len(id) != 22 {
+			t.Fatalf("cluster id %q", id)
+		}
+	}
+}
