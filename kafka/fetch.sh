@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Puts Apache Kafka's broker jars (the version in kafka/pom.xml) into
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/outbox-relay/kafka/<version>/
-# for the tests that run against Kafka itself (test/kafkatest/apache.go),
+# for the tests that run against Kafka itself (internal/kafkaserver/kafkaserver.go),
 # with a class-data-sharing archive that makes each node start faster.
 # Needs Java 17+ and Maven. Idempotent: a complete cache is left alone, so
 # running it again costs nothing. OUTBOX_RELAY_KAFKA_LIBS names another

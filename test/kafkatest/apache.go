@@ -1,85 +1,33 @@
 package kafkatest
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"errors"
-	"fmt"
-	"maps"
-	mrand "math/rand/v2"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"slices"
 	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
-
-	"github.com/outbox-relay/outbox-relay/internal/orphan"
+	"github.com/outbox-relay/outbox-relay/internal/kafkaserver"
 )
 
-// KafkaVersion is the Apache Kafka release StartApache runs. kafka/pom.xml
-// pins the same version and kafka/fetch.sh puts its jars in the cache.
-const KafkaVersion = "4.4.0"
-
-// EnvKafkaLibs names the environment variable that points at a directory of
-// Kafka's jars instead of the cache kafka/fetch.sh fills (which honours it
-// too).
-const EnvKafkaLibs = "OUTBOX_RELAY_KAFKA_LIBS"
-
-// How long a node may take to start serving metadata, and to stop after
-// SIGTERM. Both are generous: two cores are shared with PostgreSQL, the
-// relay and other test binaries.
-const (
-	apacheReadyTimeout = 90 * time.Second
-	apacheStopTimeout  = 60 * time.Second
-)
+// KafkaVersion is the Apache Kafka release StartApache runs (kafka/pom.xml
+// pins the same).
+const KafkaVersion = kafkaserver.KafkaVersion
 
 // Apache is a running Apache Kafka cluster of KRaft nodes, each a broker and
-// a controller in one JVM, on loopback ports. Nodes are numbered from 0; node
-// i has node.id i+1. Its methods must be called from the test's goroutine.
+// a controller in one JVM, on loopback ports (internal/kafkaserver). Nodes
+// are numbered from 0. Its methods fail the test on error and must be
+// called from the test's goroutine.
 type Apache struct {
-	t         testing.TB
-	java      string
-	dir       string // removed at cleanup: log4j2.properties, tmp/, node-N/
-	clusterID string
-	jvmFlags  []string // with the classpath
-	nodes     []*apacheNode
-}
-
-type apacheNode struct {
-	id             int    // node.id
-	dir            string // server.properties, kafka.log, pid, data/
-	port, ctlPort  int    // PLAINTEXT and CONTROLLER listeners on 127.0.0.1
-	cmd            *exec.Cmd
-	done           chan struct{} // closed once cmd has been waited for
-	log            *os.File
-	paused         bool
-	startedAt      time.Time
-	lastStartupDur time.Duration
+	t testing.TB
+	*kafkaserver.Cluster
 }
 
 // ApacheOpt configures StartApache.
-type ApacheOpt func(*apacheConfig)
-
-type apacheConfig struct {
-	settings map[string]string
-	jvmFlags []string
-}
+type ApacheOpt func(*kafkaserver.Config)
 
 // Setting sets a broker setting (a server.properties key) on every node,
 // over the defaults.
 func Setting(key, value string) ApacheOpt {
-	return func(c *apacheConfig) { c.settings[key] = value }
+	return func(c *kafkaserver.Config) { c.Settings[key] = value }
 }
 
 // NumPartitions sets the partition count of auto-created topics (default 4,
@@ -96,10 +44,10 @@ func AutoCreateTopics(on bool) ApacheOpt {
 // of the internal offsets, transaction and share-state topics (default: the
 // number of nodes, at most 3).
 func ReplicationFactor(n int) ApacheOpt {
-	return func(c *apacheConfig) {
+	return func(c *kafkaserver.Config) {
 		for _, k := range []string{"default.replication.factor", "offsets.topic.replication.factor",
 			"transaction.state.log.replication.factor", "share.coordinator.state.topic.replication.factor"} {
-			c.settings[k] = strconv.Itoa(n)
+			c.Settings[k] = strconv.Itoa(n)
 		}
 	}
 }
@@ -107,10 +55,10 @@ func ReplicationFactor(n int) ApacheOpt {
 // MinInsyncReplicas sets min.insync.replicas, and the same for the
 // transaction and share-state topics (default 1 on one node, else 2).
 func MinInsyncReplicas(n int) ApacheOpt {
-	return func(c *apacheConfig) {
+	return func(c *kafkaserver.Config) {
 		for _, k := range []string{"min.insync.replicas", "transaction.state.log.min.isr",
 			"share.coordinator.state.topic.min.isr"} {
-			c.settings[k] = strconv.Itoa(n)
+			c.Settings[k] = strconv.Itoa(n)
 		}
 	}
 }
@@ -118,634 +66,60 @@ func MinInsyncReplicas(n int) ApacheOpt {
 // JVMFlags adds flags to every node's java command line, after the
 // defaults (a later -Xmx wins).
 func JVMFlags(flags ...string) ApacheOpt {
-	return func(c *apacheConfig) { c.jvmFlags = append(c.jvmFlags, flags...) }
+	return func(c *kafkaserver.Config) { c.JVMFlags = append(c.JVMFlags, flags...) }
 }
 
-// defaultSettings are every node's server.properties before the options:
-// small and quick to start, durable like a production broker where that is
-// what the tests are about (acks, ISR, no unclean elections).
-func defaultSettings(nodes int) map[string]string {
-	rf, isr := min(nodes, 3), 1
-	if nodes > 1 {
-		isr = 2
-	}
-	return map[string]string{
-		"process.roles":                                    "broker,controller",
-		"controller.listener.names":                        "CONTROLLER",
-		"inter.broker.listener.name":                       "PLAINTEXT",
-		"listener.security.protocol.map":                   "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-		"num.partitions":                                   "4",
-		"auto.create.topics.enable":                        "true",
-		"default.replication.factor":                       strconv.Itoa(rf),
-		"min.insync.replicas":                              strconv.Itoa(isr),
-		"unclean.leader.election.enable":                   "false",
-		"offsets.topic.replication.factor":                 strconv.Itoa(rf),
-		"transaction.state.log.replication.factor":         strconv.Itoa(rf),
-		"transaction.state.log.min.isr":                    strconv.Itoa(isr),
-		"share.coordinator.state.topic.replication.factor": strconv.Itoa(rf),
-		"share.coordinator.state.topic.min.isr":            strconv.Itoa(isr),
-		// The defaults (50 partitions each) make the first group or
-		// transaction wait for 50 partitions to be created.
-		"offsets.topic.num.partitions":         "4",
-		"transaction.state.log.num.partitions": "4",
-		"group.initial.rebalance.delay.ms":     "0",
-		// The log cleaner (compacted topics) takes 128 MiB of heap by default.
-		"log.cleaner.dedupe.buffer.size": strconv.Itoa(16 << 20),
-		// A node killed and restarted registers again only once the session
-		// of its previous incarnation expired (9 s by default).
-		"broker.heartbeat.interval.ms": "500",
-		"broker.session.timeout.ms":    "4000",
-		"num.network.threads":          "2",
-		"num.io.threads":               "4",
-		"background.threads":           "2",
-	}
-}
-
-// defaultJVMFlags keep a node small: the machine's two cores and its memory
-// are shared with PostgreSQL, the relay and other test binaries.
-var defaultJVMFlags = []string{
-	"-Xms128m", "-Xmx384m", "-XX:+UseSerialGC",
-	// The JIT's first tier only: a node starts with half the CPU time, and
-	// tests never load it enough for the second tier to matter.
-	"-XX:TieredStopAtLevel=1",
-	"-XX:+ExitOnOutOfMemoryError",
-	"-XX:-UsePerfData", // no /tmp/hsperfdata_* left behind by a SIGKILL
-	"-Djava.awt.headless=true",
-}
-
-// log4j2Properties sends Kafka's log to standard output, which goes to the
-// node's kafka.log, at INFO, without the settings dump of every client and
-// server start.
-const log4j2Properties = `status = warn
-appender.out.type = Console
-appender.out.name = out
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.out.ref = out
-logger.config.name = org.apache.kafka.common.config.AbstractConfig
-logger.config.level = warn
-logger.request.name = kafka.request.logger
-logger.request.level = warn
-`
+// orphaned leaves the nodes running when the test process dies: only the
+// sweep's own test wants that.
+func orphaned() ApacheOpt { return func(c *kafkaserver.Config) { c.Orphan = true } }
 
 // StartApache starts an Apache Kafka cluster of nodes KRaft nodes (1 or 3,
-// say), each broker and controller at once, from the jars kafka/fetch.sh
-// fetched, and returns once every node serves metadata listing all of them.
-// Without the jars or java it fails the test, naming what to install. The
-// nodes are killed and their files removed when the test ends; when the test
-// failed, the tail of each node's log is logged first.
+// say), from the jars kafka/fetch.sh fetched, and returns once every node
+// serves metadata listing all of them. Without the jars or java it fails the
+// test, naming what to install. The nodes are killed and their files removed
+// when the test ends; when the test failed, the tail of each node's log is
+// logged first.
 func StartApache(t testing.TB, nodes int, opts ...ApacheOpt) *Apache {
 	t.Helper()
-	if nodes < 1 {
-		t.Fatalf("kafkatest: StartApache with %d nodes", nodes)
-	}
-	java, libs := apacheTools(t)
-	apacheSweepOnce.Do(func() { sweepApache(t.Logf) })
-
-	cfg := apacheConfig{settings: defaultSettings(nodes)}
+	cfg := kafkaserver.Config{Nodes: nodes, Settings: map[string]string{}, Logf: t.Logf}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	// A port found free may be taken before the JVM binds it; start over on
-	// new ports then.
-	for attempt := 1; ; attempt++ {
-		a, err := startApache(t, java, libs, nodes, cfg)
-		if err == nil {
-			return a
-		}
-		if attempt < 3 && errors.Is(err, errPortTaken) {
-			t.Logf("kafkatest: %v; trying other ports", err)
-			continue
-		}
-		t.Fatalf("kafkatest: starting Apache Kafka %s: %v", KafkaVersion, err)
-	}
-}
-
-var errPortTaken = errors.New("a listener port was taken")
-
-func startApache(t testing.TB, java, libs string, nodes int, cfg apacheConfig) (*Apache, error) {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "outbox-relay-kafka-")
-	if err != nil {
-		return nil, fmt.Errorf("creating a directory for Kafka in %s: %w", os.TempDir(), err)
-	}
-	a := &Apache{
-		t: t, java: java, dir: dir,
-		clusterID: newClusterID(),
-		jvmFlags:  append(append(slices.Clone(defaultJVMFlags), "-Djava.io.tmpdir="+filepath.Join(dir, "tmp")), cfg.jvmFlags...),
-	}
-	cp, err := apacheClasspath(libs)
-	if err != nil {
-		return nil, err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			a.teardown(true)
-		}
-	}()
-	if err := orphan.Claim(dir); err != nil {
-		return nil, fmt.Errorf("claiming %s: %w", dir, err)
-	}
-	if err := os.Mkdir(filepath.Join(dir, "tmp"), 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "log4j2.properties"), []byte(log4j2Properties), 0o644); err != nil {
-		return nil, err
-	}
-	a.jvmFlags = append(a.jvmFlags, "-Dlog4j2.configurationFile="+filepath.Join(dir, "log4j2.properties"), "-cp", cp)
-	if _, err := os.Stat(filepath.Join(libs, "kafka.jsa")); err == nil {
-		// The classes a starting node loads, archived by kafka/fetch.sh: a
-		// node maps them instead of loading and verifying each again. An
-		// archive the JVM cannot use (another Java) is ignored.
-		a.jvmFlags = append(a.jvmFlags, "-XX:SharedArchiveFile="+filepath.Join(libs, "kafka.jsa"))
-	}
-
-	ports, err := freePorts(2 * nodes)
-	if err != nil {
-		return nil, err
-	}
-	var voters []string
-	for i := range nodes {
-		n := &apacheNode{id: i + 1, dir: filepath.Join(dir, fmt.Sprintf("node-%d", i+1)), port: ports[2*i], ctlPort: ports[2*i+1]}
-		a.nodes = append(a.nodes, n)
-		voters = append(voters, fmt.Sprintf("%d@127.0.0.1:%d", n.id, n.ctlPort))
-	}
-	for _, n := range a.nodes {
-		if err := os.Mkdir(n.dir, 0o755); err != nil {
-			return nil, err
-		}
-		if n.log, err = os.OpenFile(filepath.Join(n.dir, "kafka.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
-			return nil, err
-		}
-		settings := maps.Clone(cfg.settings)
-		settings["node.id"] = strconv.Itoa(n.id)
-		settings["listeners"] = fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d", n.port, n.ctlPort)
-		settings["advertised.listeners"] = fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", n.port)
-		// A static quorum: every node knows the voters, so formatting needs
-		// no initial-controller handshake.
-		settings["controller.quorum.voters"] = strings.Join(voters, ",")
-		settings["log.dirs"] = filepath.Join(n.dir, "data")
-		if err := writeProperties(filepath.Join(n.dir, "server.properties"), settings); err != nil {
-			return nil, err
-		}
-	}
-
-	start := time.Now()
-	if err := a.format(); err != nil {
-		return nil, err
-	}
-	formatted := time.Since(start)
-	for _, n := range a.nodes {
-		if err := a.launch(n); err != nil {
-			return nil, err
-		}
-	}
-	if err := a.waitServing(a.nodes); err != nil {
-		return nil, err
-	}
-	ok = true
-	t.Cleanup(func() { a.teardown(t.Failed()) })
-	t.Logf("kafkatest: Apache Kafka %s, %d node(s) at %s, up in %s (storage formatted in %s)",
-		KafkaVersion, nodes, strings.Join(a.Brokers(), ","), time.Since(start).Round(time.Millisecond), formatted.Round(time.Millisecond))
-	return a, nil
-}
-
-// apacheTools finds java and the Kafka jars, or fails the test saying how to
-// get them.
-func apacheTools(t testing.TB) (java, libs string) {
-	t.Helper()
-	java = "java"
-	if home := os.Getenv("JAVA_HOME"); home != "" {
-		java = filepath.Join(home, "bin", "java")
-	}
-	java, err := exec.LookPath(java)
-	if err != nil {
-		t.Fatalf("kafkatest: Apache Kafka needs Java 17 or later, and %v; install it "+
-			"(Debian: apt-get install openjdk-17-jre-headless; .ci/run does) or set JAVA_HOME", err)
-	}
-	libs, err = ApacheLibDir()
+	c, err := kafkaserver.Start(cfg)
 	if err != nil {
 		t.Fatalf("kafkatest: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(libs, ".complete")); err != nil {
-		t.Fatalf("kafkatest: the jars of Apache Kafka %s are not in %s: run `bash kafka/fetch.sh` "+
-			"(needs Java 17+ and Maven; .ci/run runs it)", KafkaVersion, libs)
-	}
-	return java, libs
+	t.Cleanup(func() { c.Close(t.Failed()) })
+	return &Apache{t: t, Cluster: c}
 }
 
-// ApacheLibDir is the directory StartApache takes Kafka's jars from:
-// $OUTBOX_RELAY_KAFKA_LIBS, else the cache kafka/fetch.sh fills,
-// ${XDG_CACHE_HOME:-$HOME/.cache}/outbox-relay/kafka/<KafkaVersion>.
-func ApacheLibDir() (string, error) {
-	if dir := os.Getenv(EnvKafkaLibs); dir != "" {
-		return dir, nil
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("finding the Kafka jars: %w; set %s or HOME", err, EnvKafkaLibs)
-	}
-	return filepath.Join(cache, "outbox-relay", "kafka", KafkaVersion), nil
-}
-
-// apacheClasspath lists the jars in libs, sorted as kafka/fetch.sh lists
-// them when it makes the class-data-sharing archive, which is valid only
-// for that classpath. (A "libs/*" wildcard leaves the order to the
-// directory.)
-func apacheClasspath(libs string) (string, error) {
-	jars, err := filepath.Glob(filepath.Join(libs, "*.jar"))
-	if err != nil || len(jars) == 0 {
-		return "", fmt.Errorf("no jars in %s (%v): run `bash kafka/fetch.sh`", libs, err)
-	}
-	return strings.Join(jars, string(os.PathListSeparator)), nil
-}
-
-// format writes each node's storage (meta.properties and the bootstrap
-// metadata), as kafka-storage.sh format does, the nodes side by side.
-func (a *Apache) format() error {
-	errs := make([]error, len(a.nodes))
-	var wg sync.WaitGroup
-	for i, n := range a.nodes {
-		wg.Go(func() {
-			args := append(slices.Clone(a.jvmFlags),
-				"kafka.tools.StorageTool", "format", "--cluster-id", a.clusterID, "--config", filepath.Join(n.dir, "server.properties"))
-			cmd := exec.Command(a.java, args...)
-			var out bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &out, &out
-			if err := cmd.Run(); err != nil {
-				errs[i] = fmt.Errorf("formatting node %d's storage: %w\n%s", n.id, err, tailLines(out.String(), 30))
-			}
-			_, _ = n.log.Write(out.Bytes())
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// launch starts node n's JVM.
-func (a *Apache) launch(n *apacheNode) error {
-	fmt.Fprintf(n.log, "\n--- kafkatest: starting node %d at %s\n", n.id, time.Now().Format(time.RFC3339Nano))
-	args := append(slices.Clone(a.jvmFlags), "kafka.Kafka", filepath.Join(n.dir, "server.properties"))
-	cmd := exec.Command(a.java, args...)
-	cmd.Dir = n.dir
-	cmd.Stdout, cmd.Stderr = n.log, n.log
-	// Signals for the terminal's process group (Ctrl-C) go to the test,
-	// which cleans up.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if killWithOwner {
-		// A test process that dies takes its nodes with it; the sweep covers
-		// what this misses.
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting node %d: %w", n.id, err)
-	}
-	start, _ := orphan.ProcessStart(cmd.Process.Pid)
-	if err := os.WriteFile(filepath.Join(n.dir, "pid"), fmt.Appendf(nil, "%d %d\n", cmd.Process.Pid, start), 0o644); err != nil {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return err
-	}
-	n.cmd, n.done, n.paused, n.startedAt = cmd, make(chan struct{}), false, time.Now()
-	go func(done chan struct{}) {
-		_ = cmd.Wait()
-		close(done)
-	}(n.done)
-	return nil
-}
-
-// running reports whether node n's JVM runs (paused counts as running).
-func (n *apacheNode) running() bool {
-	if n.done == nil {
-		return false
-	}
-	select {
-	case <-n.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// waitServing waits until each of nodes answers a metadata request listing
-// every running node that is not paused as a broker.
-func (a *Apache) waitServing(nodes []*apacheNode) error {
-	deadline := time.Now().Add(apacheReadyTimeout)
-	for _, n := range nodes {
-		cl, err := kgo.NewClient(kgo.SeedBrokers(n.addr()), kgo.DialTimeout(time.Second))
-		if err != nil {
-			return err
-		}
-		err = a.waitNodeServing(cl, n, deadline)
-		cl.Close()
-		if err != nil {
-			return err
-		}
-		n.lastStartupDur = time.Since(n.startedAt)
-	}
-	return nil
-}
-
-func (a *Apache) waitNodeServing(cl *kgo.Client, n *apacheNode, deadline time.Time) error {
-	var last error
-	for {
-		if !n.running() {
-			return a.exitError(n)
-		}
-		// A paused node is listed until its session expires, and a killed
-		// one too: only the nodes that run must be there.
-		var want []int32
-		for _, m := range a.nodes {
-			if m.running() && !m.paused {
-				want = append(want, int32(m.id))
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		resp, err := cl.SeedBrokers()[0].Request(ctx, kmsg.NewPtrMetadataRequest())
-		cancel()
-		if err == nil {
-			var got []int32
-			for _, b := range resp.(*kmsg.MetadataResponse).Brokers {
-				got = append(got, b.NodeID)
-			}
-			slices.Sort(got)
-			missing := slices.DeleteFunc(slices.Clone(want), func(id int32) bool { return slices.Contains(got, id) })
-			if len(missing) == 0 {
-				return nil
-			}
-			err = fmt.Errorf("brokers %v listed, want %v", got, want)
-		}
-		last = err
-		if time.Now().After(deadline) {
-			return fmt.Errorf("node %d (%s) does not serve metadata after %s (last: %v); its log:\n%s",
-				n.id, n.addr(), apacheReadyTimeout, last, n.tail(40))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// exitError describes why node n's JVM exited while starting.
-func (a *Apache) exitError(n *apacheNode) error {
-	log := n.tail(40)
-	err := fmt.Errorf("node %d exited while starting (%v); its log:\n%s", n.id, n.cmd.ProcessState, log)
-	if strings.Contains(log, "Address already in use") {
-		return fmt.Errorf("%w: %w", errPortTaken, err)
-	}
-	return err
-}
-
-func (n *apacheNode) addr() string { return fmt.Sprintf("127.0.0.1:%d", n.port) }
-
-// tail returns the last lines of node n's log.
-func (n *apacheNode) tail(lines int) string {
-	b, err := os.ReadFile(filepath.Join(n.dir, "kafka.log"))
-	if err != nil {
-		return fmt.Sprintf("(reading the log: %v)", err)
-	}
-	return tailLines(string(b), lines)
-}
-
-func tailLines(s string, lines int) string {
-	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(parts) > lines {
-		parts = parts[len(parts)-lines:]
-	}
-	return strings.Join(parts, "\n")
-}
-
-// Brokers returns every node's bootstrap address, stopped nodes included,
-// as a client would be configured.
-func (a *Apache) Brokers() []string {
-	out := make([]string, len(a.nodes))
-	for i, n := range a.nodes {
-		out[i] = n.addr()
-	}
-	return out
-}
-
-// Addr returns node i's bootstrap address.
-func (a *Apache) Addr(i int) string { return a.node(i).addr() }
-
-// LogFile returns the path of node i's log (removed when the test ends).
-func (a *Apache) LogFile(i int) string { return filepath.Join(a.node(i).dir, "kafka.log") }
-
-// StartupTime returns how long node i's last start took until it served
-// metadata.
-func (a *Apache) StartupTime(i int) time.Duration { return a.node(i).lastStartupDur }
-
-func (a *Apache) node(i int) *apacheNode {
+func (a *Apache) check(err error) {
 	a.t.Helper()
-	if i < 0 || i >= len(a.nodes) {
-		a.t.Fatalf("kafkatest: no node %d in a cluster of %d", i, len(a.nodes))
+	if err != nil {
+		a.t.Fatalf("kafkatest: %v", err)
 	}
-	return a.nodes[i]
 }
 
 // Kill kills node i with SIGKILL, as a crash or the OOM killer would, and
 // waits for it to be gone. Its data stays for Restart.
-func (a *Apache) Kill(i int) {
-	a.t.Helper()
-	n := a.node(i)
-	if !n.running() {
-		a.t.Fatalf("kafkatest: Kill(%d): node %d is not running", i, n.id)
-	}
-	_ = n.cmd.Process.Kill()
-	<-n.done
-}
+func (a *Apache) Kill(i int) { a.t.Helper(); a.check(a.Cluster.Kill(i)) }
 
 // Stop stops node i with SIGTERM (a controlled shutdown) and waits for it to
 // exit. Its data stays for Restart.
-func (a *Apache) Stop(i int) {
-	a.t.Helper()
-	n := a.node(i)
-	if !n.running() {
-		a.t.Fatalf("kafkatest: Stop(%d): node %d is not running", i, n.id)
-	}
-	if err := a.stop(n); err != nil {
-		a.t.Fatalf("kafkatest: %v", err)
-	}
-}
-
-func (a *Apache) stop(n *apacheNode) error {
-	if n.paused {
-		_ = n.cmd.Process.Signal(syscall.SIGCONT)
-		n.paused = false
-	}
-	_ = n.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-n.done:
-		return nil
-	case <-time.After(apacheStopTimeout):
-		_ = n.cmd.Process.Kill()
-		<-n.done
-		return fmt.Errorf("node %d did not stop within %s of SIGTERM, killed it; its log:\n%s", n.id, apacheStopTimeout, n.tail(40))
-	}
-}
+func (a *Apache) Stop(i int) { a.t.Helper(); a.check(a.Cluster.Stop(i)) }
 
 // Restart starts node i again on the same data and ports, stopping it first
 // (SIGTERM) if it runs, and returns once it serves metadata listing every
 // running node.
-func (a *Apache) Restart(i int) {
-	a.t.Helper()
-	n := a.node(i)
-	if n.running() {
-		if err := a.stop(n); err != nil {
-			a.t.Fatalf("kafkatest: %v", err)
-		}
-	}
-	if err := a.launch(n); err != nil {
-		a.t.Fatalf("kafkatest: %v", err)
-	}
-	if err := a.waitServing([]*apacheNode{n}); err != nil {
-		a.t.Fatalf("kafkatest: restarting: %v", err)
-	}
-	a.t.Logf("kafkatest: node %d restarted, serving in %s", n.id, n.lastStartupDur.Round(time.Millisecond))
-}
+func (a *Apache) Restart(i int) { a.t.Helper(); a.check(a.Cluster.Restart(i)) }
 
 // Pause freezes node i (SIGSTOP): its connections stay open and nothing
 // answers, like a long GC pause or a hung machine.
-func (a *Apache) Pause(i int) {
-	a.t.Helper()
-	n := a.node(i)
-	if !n.running() || n.paused {
-		a.t.Fatalf("kafkatest: Pause(%d): node %d is not running, or paused already", i, n.id)
-	}
-	_ = n.cmd.Process.Signal(syscall.SIGSTOP)
-	n.paused = true
-}
+func (a *Apache) Pause(i int) { a.t.Helper(); a.check(a.Cluster.Pause(i)) }
 
 // Resume lets a paused node i go on (SIGCONT).
-func (a *Apache) Resume(i int) {
-	a.t.Helper()
-	n := a.node(i)
-	if !n.paused {
-		a.t.Fatalf("kafkatest: Resume(%d): node %d is not paused", i, n.id)
-	}
-	_ = n.cmd.Process.Signal(syscall.SIGCONT)
-	n.paused = false
-}
+func (a *Apache) Resume(i int) { a.t.Helper(); a.check(a.Cluster.Resume(i)) }
 
-// teardown kills every node, logs the tail of their logs if asked, and
-// removes the cluster's directory.
-func (a *Apache) teardown(showLogs bool) {
-	for _, n := range a.nodes {
-		if n.running() {
-			_ = n.cmd.Process.Kill()
-			<-n.done
-		}
-		if showLogs {
-			a.t.Logf("kafkatest: the end of node %d's log (%s):\n%s", n.id, filepath.Join(n.dir, "kafka.log"), n.tail(60))
-		}
-		if n.log != nil {
-			_ = n.log.Close()
-		}
-	}
-	if err := os.RemoveAll(a.dir); err != nil {
-		a.t.Logf("kafkatest: removing %s: %v", a.dir, err)
-	}
-}
-
-// newClusterID returns a random cluster id as Kafka writes them: 16 bytes
-// in unpadded URL-safe base64.
-func newClusterID() string {
-	for {
-		var b [16]byte
-		_, _ = rand.Read(b[:])
-		// One that starts with '-' reads as an option to the storage
-		// tool (Kafka's own Uuid.randomUuid draws again too).
-		if id := base64.RawURLEncoding.EncodeToString(b[:]); id[0] != '-' {
-			return id
-		}
-	}
-}
-
-// writeProperties writes a Java properties file, keys sorted.
-func writeProperties(path string, settings map[string]string) error {
-	var b strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(settings)) {
-		fmt.Fprintf(&b, "%s=%s\n", k, settings[k])
-	}
-	return os.WriteFile(path, []byte(b.String()), 0o644)
-}
-
-// freePorts returns n distinct loopback ports that are free now, below the
-// kernel's range for ephemeral ports: no outgoing connection or listener on
-// port 0 takes them meanwhile, so a node can also be restarted on them.
-func freePorts(n int) ([]int, error) {
-	lo, hi := 20000, 32000
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		var first, last int
-		if _, err := fmt.Sscan(string(b), &first, &last); err == nil && first > 11000 {
-			lo, hi = 10000, first
-		}
-	}
-	var (
-		out       []int
-		listeners []net.Listener
-	)
-	defer func() {
-		for _, l := range listeners {
-			_ = l.Close()
-		}
-	}()
-	for tries := 0; len(out) < n; tries++ {
-		if tries > 1000 {
-			return nil, fmt.Errorf("no %d free ports found in %d-%d on 127.0.0.1", n, lo, hi)
-		}
-		p := lo + mrand.IntN(hi-lo)
-		if slices.Contains(out, p) {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		listeners = append(listeners, l)
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-var apacheSweepOnce sync.Once
-
-// killWithOwner has the kernel kill a node when the test process dies. Only
-// the sweep's own test turns it off, to leave a node behind.
-var killWithOwner = true
-
-// sweepApache kills the nodes, and removes the directories, of clusters in
-// this machine's temporary directory whose owner process is gone (a test
-// binary killed by go test -timeout, say).
-func sweepApache(logf func(string, ...any)) {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "outbox-relay-kafka-*"))
-	for _, dir := range dirs {
-		if !orphan.Abandoned(dir) {
-			continue
-		}
-		pidFiles, _ := filepath.Glob(filepath.Join(dir, "node-*", "pid"))
-		var killed []int
-		for _, f := range pidFiles {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue
-			}
-			var pid int
-			var start uint64
-			if n, _ := fmt.Sscan(string(b), &pid, &start); n == 2 && pid > 0 && start > 0 && orphan.Is(pid, start) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				killed = append(killed, pid)
-			}
-		}
-		for _, pid := range killed {
-			// Not our child: nothing to wait on but the pid.
-			for deadline := time.Now().Add(10 * time.Second); orphan.ProcessAlive(pid) && time.Now().Before(deadline); {
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-		logf("kafkatest: removing %s, left by a process that is gone (killed Kafka JVMs %v)", dir, killed)
-		if err := os.RemoveAll(dir); err != nil {
-			logf("kafkatest: removing %s: %v", dir, err)
-		}
-	}
-}
+// StartupTime returns how long node i's last start took until it served
+// metadata.
+func (a *Apache) StartupTime(i int) time.Duration { return a.Cluster.StartupTime(i) }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/outbox-relay/outbox-relay/internal/kafkaserver"
 	"github.com/outbox-relay/outbox-relay/internal/orphan"
 )
 
@@ -114,9 +115,8 @@ func TestApacheOrphanHelper(t *testing.T) {
 	if os.Getenv("KAFKATEST_ORPHAN_HELPER") != "1" {
 		return
 	}
-	killWithOwner = false
-	a := StartApache(t, 1)
-	fmt.Println("cluster:", a.dir)
+	a := StartApache(t, 1, orphaned())
+	fmt.Println("cluster:", a.Dir())
 	select {} // killed by the parent
 }
 
@@ -165,7 +165,7 @@ func TestApacheSweepsNodesOfAKilledProcess(t *testing.T) {
 		t.Fatalf("node %d died with its owner: nothing to sweep, the test proves nothing", pid)
 	}
 
-	sweepApache(t.Logf)
+	kafkaserver.Sweep(t.Logf)
 
 	if orphan.Is(pid, start) {
 		t.Fatalf("orphaned node %d still running after the sweep", pid)
@@ -175,13 +175,4 @@ func TestApacheSweepsNodesOfAKilledProcess(t *testing.T) {
 	}
 	// The live process's cluster is untouched.
 	produce(t, live.Brokers(), &kgo.Record{Topic: "apache.live", Value: []byte("x")})
-}
-
-// A cluster id is never taken for an option by the storage tool.
-func TestClusterIDNeverStartsWithADash(t *testing.T) {
-	for range 5000 {
-		if id := newClusterID(); id[0] == '-' || len(id) != 22 {
-			t.Fatalf("cluster id %q", id)
-		}
-	}
 }
