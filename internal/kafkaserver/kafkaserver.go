@@ -3,6 +3,9 @@
 // controller in one JVM, on loopback ports, in a temporary directory. A node
 // can be killed, stopped, restarted on its data and paused.
 //
+// Config.Security adds a SASL_SSL listener (SCRAM-SHA-512 over TLS) beside
+// the plaintext one, with KRaft's ACL authorizer if asked.
+//
 // It serves the tests (through test/kafkatest) and the benchmark. It never
 // touches a Kafka it did not start, except the nodes of a cluster whose
 // owner process is gone, which Start sweeps.
@@ -58,6 +61,7 @@ type Cluster struct {
 	dir       string // removed by Close: log4j2.properties, tmp/, node-N/
 	clusterID string
 	jvmFlags  []string // with the classpath
+	scramArgs []string // the storage tool's --add-scram options
 	nodes     []*node
 	logf      func(string, ...any)
 	orphan    bool // nodes outlive the owner process
@@ -67,6 +71,7 @@ type node struct {
 	id             int    // node.id
 	dir            string // server.properties, kafka.log, pid, data/
 	port, ctlPort  int    // PLAINTEXT and CONTROLLER listeners on 127.0.0.1
+	securePort     int    // SASL_SSL listener on 127.0.0.1, 0 without Config.Security
 	cmd            *exec.Cmd
 	done           chan struct{} // closed once cmd has been waited for
 	log            *os.File
@@ -90,6 +95,90 @@ type Config struct {
 	// Orphan leaves the nodes running when the owner process dies (only
 	// the sweep's own test wants that).
 	Orphan bool
+	// Security, if set, adds a SASL_SSL listener to every node. The
+	// PLAINTEXT and CONTROLLER listeners stay as they are.
+	Security *Security
+}
+
+// Security is a second broker listener, SASL_SSL on its own loopback port
+// per node (Cluster.SecureBrokers): SCRAM-SHA-512 over TLS. The PLAINTEXT
+// listener, which also carries the traffic between brokers, and the
+// CONTROLLER listener authenticate nobody: their principal is
+// User:ANONYMOUS.
+type Security struct {
+	// CertPEM is the server's certificate (then any intermediates) and
+	// KeyPEM its private key, unencrypted PKCS#8 ("PRIVATE KEY"), both
+	// PEM. The certificate must name 127.0.0.1, the address the listener
+	// advertises, for clients that verify it.
+	CertPEM, KeyPEM []byte
+	// ScramUsers are the SCRAM-SHA-512 users (name -> password), created
+	// when the storage is formatted. Names and passwords are letters,
+	// digits, '-' and '_'.
+	ScramUsers map[string]string
+	// Authorizer turns on KRaft's StandardAuthorizer: a principal may do
+	// only what ACLs allow it, except the super users.
+	Authorizer bool
+	// SuperUsers are user names the authorizer lets do anything. User
+	// ANONYMOUS (the PLAINTEXT and CONTROLLER listeners' principal) is
+	// always one, so that the nodes and the tests' plain clients work.
+	SuperUsers []string
+}
+
+// settings are the server.properties keys Security adds to every node,
+// besides the listeners.
+func (s *Security) settings() (map[string]string, error) {
+	if len(s.CertPEM) == 0 || len(s.KeyPEM) == 0 {
+		return nil, errors.New("kafkaserver: Security without a certificate and key")
+	}
+	for name, pw := range s.ScramUsers {
+		if !plainWord(name) || !plainWord(pw) {
+			return nil, fmt.Errorf("kafkaserver: SCRAM user %q: names and passwords are letters, digits, '-' and '_'", name)
+		}
+	}
+	// The listener's own settings: the other listeners stay plaintext.
+	const l = "listener.name.sasl_ssl."
+	m := map[string]string{
+		"sasl.enabled.mechanisms":            "SCRAM-SHA-512",
+		l + "sasl.enabled.mechanisms":        "SCRAM-SHA-512",
+		l + "scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+		// PEM in the properties themselves: a PEM key store file needs
+		// an encrypted key, these take a plain PKCS#8 one.
+		l + "ssl.keystore.type":              "PEM",
+		l + "ssl.keystore.certificate.chain": strings.TrimSpace(string(s.CertPEM)),
+		l + "ssl.keystore.key":               strings.TrimSpace(string(s.KeyPEM)),
+	}
+	if s.Authorizer {
+		supers := []string{"User:ANONYMOUS"}
+		for _, u := range s.SuperUsers {
+			if u != "ANONYMOUS" {
+				supers = append(supers, "User:"+u)
+			}
+		}
+		m["authorizer.class.name"] = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+		m["super.users"] = strings.Join(supers, ";")
+	}
+	return m, nil
+}
+
+// scramArgs are the storage tool's options that create the SCRAM users.
+func (s *Security) scramArgs() []string {
+	var args []string
+	for _, name := range slices.Sorted(maps.Keys(s.ScramUsers)) {
+		args = append(args, "--add-scram", fmt.Sprintf("SCRAM-SHA-512=[name=%s,password=%s]", name, s.ScramUsers[name]))
+	}
+	return args
+}
+
+func plainWord(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // DefaultSettings are every node's server.properties before
@@ -237,13 +326,25 @@ func start(java, libs string, cfg Config, base map[string]string, logf func(stri
 		a.jvmFlags = append(a.jvmFlags, "-XX:SharedArchiveFile="+filepath.Join(libs, "kafka.jsa"))
 	}
 
-	ports, err := freePorts(2 * cfg.Nodes)
+	perNode := 2
+	var secure map[string]string
+	if cfg.Security != nil {
+		if secure, err = cfg.Security.settings(); err != nil {
+			return nil, err
+		}
+		a.scramArgs = cfg.Security.scramArgs()
+		perNode = 3
+	}
+	ports, err := freePorts(perNode * cfg.Nodes)
 	if err != nil {
 		return nil, err
 	}
 	var voters []string
 	for i := range cfg.Nodes {
-		n := &node{id: i + 1, dir: filepath.Join(dir, fmt.Sprintf("node-%d", i+1)), port: ports[2*i], ctlPort: ports[2*i+1]}
+		n := &node{id: i + 1, dir: filepath.Join(dir, fmt.Sprintf("node-%d", i+1)), port: ports[perNode*i], ctlPort: ports[perNode*i+1]}
+		if secure != nil {
+			n.securePort = ports[perNode*i+2]
+		}
 		a.nodes = append(a.nodes, n)
 		voters = append(voters, fmt.Sprintf("%d@127.0.0.1:%d", n.id, n.ctlPort))
 	}
@@ -258,6 +359,12 @@ func start(java, libs string, cfg Config, base map[string]string, logf func(stri
 		settings["node.id"] = strconv.Itoa(n.id)
 		settings["listeners"] = fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d", n.port, n.ctlPort)
 		settings["advertised.listeners"] = fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", n.port)
+		if secure != nil {
+			maps.Copy(settings, secure)
+			settings["listeners"] += fmt.Sprintf(",SASL_SSL://127.0.0.1:%d", n.securePort)
+			settings["advertised.listeners"] += fmt.Sprintf(",SASL_SSL://127.0.0.1:%d", n.securePort)
+			settings["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+		}
 		// A static quorum: every node knows the voters, so formatting needs
 		// no initial-controller handshake.
 		settings["controller.quorum.voters"] = strings.Join(voters, ",")
@@ -342,6 +449,7 @@ func (a *Cluster) format() error {
 		wg.Go(func() {
 			args := append(slices.Clone(a.jvmFlags),
 				"kafka.tools.StorageTool", "format", "--cluster-id", a.clusterID, "--config", filepath.Join(n.dir, "server.properties"))
+			args = append(args, a.scramArgs...)
 			cmd := exec.Command(a.java, args...)
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
@@ -498,6 +606,18 @@ func (a *Cluster) Brokers() []string {
 
 // Addr returns node i's bootstrap address.
 func (a *Cluster) Addr(i int) string { return a.nodes[i].addr() }
+
+// SecureBrokers returns every node's SASL_SSL address (127.0.0.1:port), nil
+// without Config.Security.
+func (a *Cluster) SecureBrokers() []string {
+	var out []string
+	for _, n := range a.nodes {
+		if n.securePort != 0 {
+			out = append(out, fmt.Sprintf("127.0.0.1:%d", n.securePort))
+		}
+	}
+	return out
+}
 
 // LogFile returns the path of node i's log (removed when the test ends).
 func (a *Cluster) LogFile(i int) string { return filepath.Join(a.nodes[i].dir, "kafka.log") }
@@ -660,14 +780,19 @@ func newClusterID() string {
 	}
 }
 
-// writeProperties writes a Java properties file, keys sorted.
+// writeProperties writes a Java properties file, keys sorted. A value may
+// span lines (a PEM certificate).
 func writeProperties(path string, settings map[string]string) error {
 	var b strings.Builder
 	for _, k := range slices.Sorted(maps.Keys(settings)) {
-		fmt.Fprintf(&b, "%s=%s\n", k, settings[k])
+		fmt.Fprintf(&b, "%s=%s\n", k, propertyEscaper.Replace(settings[k]))
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
+
+// propertyEscaper escapes what a properties file would read otherwise:
+// a backslash, and line ends.
+var propertyEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`, "\r", `\r`)
 
 // freePorts returns n distinct loopback ports that are free now, below the
 // kernel's range for ephemeral ports: no outgoing connection or listener on

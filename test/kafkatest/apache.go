@@ -19,6 +19,7 @@ const KafkaVersion = kafkaserver.KafkaVersion
 type Apache struct {
 	t testing.TB
 	*kafkaserver.Cluster
+	ca *CA
 }
 
 // ApacheOpt configures StartApache.
@@ -69,6 +70,19 @@ func JVMFlags(flags ...string) ApacheOpt {
 	return func(c *kafkaserver.Config) { c.JVMFlags = append(c.JVMFlags, flags...) }
 }
 
+// SASLSSL adds a SASL_SSL listener to every node (Apache.SecureBrokers):
+// SCRAM-SHA-512 with users (name -> password) over TLS, with a certificate
+// for 127.0.0.1 and localhost from a CA made for the cluster
+// (Apache.CAFile). With authorize, KRaft's StandardAuthorizer enforces
+// ACLs for everyone but superUsers and User:ANONYMOUS, the principal of
+// the PLAINTEXT listener (Brokers), which the nodes and the tests' plain
+// clients keep using.
+func SASLSSL(users map[string]string, authorize bool, superUsers ...string) ApacheOpt {
+	return func(c *kafkaserver.Config) {
+		c.Security = &kafkaserver.Security{ScramUsers: users, Authorizer: authorize, SuperUsers: superUsers}
+	}
+}
+
 // orphaned leaves the nodes running when the test process dies: only the
 // sweep's own test wants that.
 func orphaned() ApacheOpt { return func(c *kafkaserver.Config) { c.Orphan = true } }
@@ -85,12 +99,27 @@ func StartApache(t testing.TB, nodes int, opts ...ApacheOpt) *Apache {
 	for _, o := range opts {
 		o(&cfg)
 	}
+	var ca *CA
+	if sec := cfg.Security; sec != nil && sec.CertPEM == nil {
+		ca = NewCA(t, "kafkatest CA")
+		sec.CertPEM, sec.KeyPEM = ca.ServerCert(t, "127.0.0.1", "localhost")
+	}
 	c, err := kafkaserver.Start(cfg)
 	if err != nil {
 		t.Fatalf("kafkatest: %v", err)
 	}
 	t.Cleanup(func() { c.Close(t.Failed()) })
-	return &Apache{t: t, Cluster: c}
+	return &Apache{t: t, Cluster: c, ca: ca}
+}
+
+// CAFile returns the PEM file of the CA that signed the SASL_SSL
+// listeners' certificate (SASLSSL).
+func (a *Apache) CAFile() string {
+	a.t.Helper()
+	if a.ca == nil {
+		a.t.Fatal("kafkatest: CAFile of a cluster started without SASLSSL")
+	}
+	return a.ca.File
 }
 
 func (a *Apache) check(err error) {
