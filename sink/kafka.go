@@ -370,6 +370,7 @@ const abortWait = DefaultMaxRetryBackoff + 5*time.Second
 // record of each topic, and sarama's own. Close and Abort end them.
 type Kafka struct {
 	client   sarama.Client
+	conf     *sarama.Config // the client's, for the stall diagnosis
 	producer sarama.AsyncProducer
 	dialer   *kafkaDialer
 	log      *slog.Logger
@@ -413,6 +414,7 @@ type Kafka struct {
 	// a record was published with nothing in flight (unix nanoseconds).
 	lastProgress atomic.Int64
 	stallWarning time.Duration
+	checking     atomic.Bool // a checkFrozen runs
 }
 
 // NewKafka connects to the brokers and starts the producer and its ack
@@ -459,6 +461,7 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 	}
 	k := &Kafka{
 		client:          client,
+		conf:            sc,
 		producer:        p,
 		dialer:          dialer,
 		log:             cfg.Logger,
@@ -900,11 +903,19 @@ func (k *Kafka) failure(r *record, cause error) error {
 
 // watchStalls logs once when in-flight records have gone unacknowledged
 // for StallWarning (the broker is down or unreachable: the producer keeps
-// retrying and the pipeline is paused), and once when acks resume.
+// retrying and the pipeline is paused), with what a look at the brokers
+// tells, and once when acks resume. Meanwhile it looks for frozen brokers
+// (checkFrozen) whenever the oldest record in flight has waited
+// frozenCheckAfter.
 func (k *Kafka) watchStalls() {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	stalled := false
+	var (
+		stalled, told bool
+		oldest        *record
+		oldestSince   time.Time
+		lastCheck     time.Time
+	)
 	for {
 		select {
 		case <-k.ackDone:
@@ -921,8 +932,26 @@ func (k *Kafka) watchStalls() {
 			k.log.Warn("Kafka has acknowledged nothing; the producer keeps retrying and reading WAL is paused until it does",
 				"brokers", k.brokers, "in_flight", inFlight, "for", since.Round(time.Second))
 		case stalled && since < k.stallWarning:
-			stalled = false
+			stalled, told = false, false
 			k.log.Info("Kafka is acknowledging again", "brokers", k.brokers)
+		}
+		if head := k.pending.first(); head != oldest {
+			oldest, oldestSince = head, time.Now()
+		}
+		stuck := oldest != nil && time.Since(oldestSince) >= frozenCheckAfter
+		if (stuck || stalled && !told) && time.Since(lastCheck) >= frozenCheckAfter && k.checking.CompareAndSwap(false, true) {
+			lastCheck = time.Now()
+			tell := stalled && !told
+			told = told || tell
+			// The look takes seconds when brokers are frozen: the watch
+			// goes on meanwhile.
+			go func() {
+				defer k.checking.Store(false)
+				d := k.checkFrozen()
+				if tell {
+					k.log.Warn("Kafka stall: "+d.String(), "brokers", k.brokers)
+				}
+			}()
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // KafkaTLS encrypts the connections to the brokers. Any field set turns
@@ -114,6 +115,7 @@ type kafkaDialer struct {
 	mu       sync.Mutex
 	rejected *brokerRejection // the first one
 	conns    map[*watchedConn]struct{}
+	frozen   map[string]time.Time // address -> end of its quarantine
 }
 
 func newKafkaDialer(nd net.Dialer, tc *tls.Config) *kafkaDialer {
@@ -175,6 +177,9 @@ func (d *kafkaDialer) rejection() *brokerRejection {
 func (d *kafkaDialer) Dial(network, addr string) (net.Conn, error) {
 	if d.aborted.Load() {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, ErrAborted)
+	}
+	if err := d.quarantined(addr); err != nil {
+		return nil, err
 	}
 	conn, err := d.net.DialContext(d.ctx, network, addr)
 	if err != nil {
