@@ -377,6 +377,7 @@ type Kafka struct {
 	brokers  string
 
 	maxMessageBytes int
+	version         sarama.KafkaVersion
 
 	// slots is the in-flight semaphore: Publish fills a slot, the ack
 	// goroutine empties it after calling the ack.
@@ -467,6 +468,7 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		log:             cfg.Logger,
 		brokers:         brokers,
 		maxMessageBytes: cfg.MaxMessageBytes,
+		version:         sc.Version,
 		slots:           make(chan struct{}, cfg.MaxInFlight),
 		closing:         make(chan struct{}),
 		ackDone:         make(chan struct{}),
@@ -574,8 +576,9 @@ func tlsHint(t KafkaTLS, err error) string {
 //
 // It blocks while MaxInFlight records are unacknowledged (backpressure),
 // and for the first record of a topic while the producer fetches the
-// topic's partitions. It returns ctx.Err() if ctx has ended or ends while
-// it waits, and ErrClosed once Close or Abort has begun.
+// topic's partitions (logging why after a few seconds: a topic that does
+// not exist, say). It returns ctx.Err() if ctx has ended or ends while it
+// waits, and ErrClosed once Close or Abort has begun.
 //
 // An error with RecordRejected() true (a *RecordError wrapping
 // ErrInvalidTopicName or ErrRecordTooLarge) means this record was refused
@@ -668,7 +671,7 @@ func (k *Kafka) takeBack(r *record, err error) error {
 // partitions in the client's metadata, which sarama's partition step reads
 // too.
 func (k *Kafka) choosePartition(ctx context.Context, r *record) error {
-	parts, err := k.partitions(ctx, r.msg.Topic)
+	parts, err := k.partitions(ctx, r.msg.Topic, r.id)
 	if err != nil {
 		if err == ctx.Err() || err == ErrClosed {
 			return err
@@ -689,9 +692,12 @@ func partitionOf(key []byte, n int32) int32 {
 }
 
 // partitions returns the topic's partitions from the client's metadata.
-// The first lookup of a topic may wait on a broker; it runs apart so that
-// Publish can stop waiting when ctx ends or the sink closes.
-func (k *Kafka) partitions(ctx context.Context, topic string) ([]int32, error) {
+// The first lookup of a topic may wait on a broker (for hours, if the
+// topic does not exist and the brokers do not create topics: the metadata
+// retries wait for it); it runs apart so that Publish can stop waiting when
+// ctx ends or the sink closes. A wait of more than a few seconds is logged,
+// with its cause (eventID is the record waiting).
+func (k *Kafka) partitions(ctx context.Context, topic, eventID string) ([]int32, error) {
 	if _, ok := k.knownTopics.Load(topic); ok {
 		return checkPartitions(k.client.Partitions(topic))
 	}
@@ -700,31 +706,108 @@ func (k *Kafka) partitions(ctx context.Context, topic string) ([]int32, error) {
 		err   error
 	}
 	done := make(chan lookup, 1)
+	if !k.goLookup(func() {
+		parts, err := checkPartitions(k.client.Partitions(topic))
+		done <- lookup{parts, err}
+	}) {
+		return nil, ErrClosed
+	}
+	began := time.Now()
+	warn := time.NewTimer(topicWaitWarning)
+	defer warn.Stop()
+	warned := false
+	for {
+		select {
+		case l := <-done:
+			if l.err == nil {
+				k.knownTopics.Store(topic, struct{}{})
+				if warned {
+					k.log.Info("the topic's partitions are known now; publishing goes on", "topic", topic, "waited", time.Since(began).Round(time.Millisecond))
+				}
+			}
+			return l.parts, l.err
+		case <-warn.C:
+			warned = true
+			waited := time.Since(began)
+			k.goLookup(func() { k.explainTopicWait(topic, eventID, waited) })
+			warn.Reset(topicWaitRepeat)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-k.closing:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// How long Publish waits for a new topic's partitions before it logs why,
+// and then between two such lines.
+const (
+	topicWaitWarning = 5 * time.Second
+	topicWaitRepeat  = time.Minute
+)
+
+// goLookup runs fn, a request to a broker, on a goroutine that closeClient
+// waits for; it reports false, and does not run fn, once the sink is
+// closing.
+func (k *Kafka) goLookup(fn func()) bool {
 	// Counted under mu, so that no lookup starts once stop has run and
 	// closeClient may be waiting for them.
 	k.mu.RLock()
+	defer k.mu.RUnlock()
 	if k.closed {
-		k.mu.RUnlock()
-		return nil, ErrClosed
+		return false
 	}
 	k.lookups.Add(1)
-	k.mu.RUnlock()
 	go func() {
 		defer k.lookups.Done()
-		parts, err := checkPartitions(k.client.Partitions(topic))
-		done <- lookup{parts, err}
+		fn()
 	}()
-	select {
-	case l := <-done:
-		if l.err == nil {
-			k.knownTopics.Store(topic, struct{}{})
+	return true
+}
+
+// explainTopicWait logs that Publish is waiting for topic's partitions,
+// and why, as far as one metadata request tells.
+func (k *Kafka) explainTopicWait(topic, eventID string, waited time.Duration) {
+	attrs := []any{"topic", topic, "event_id", eventID, "waited", waited.Round(time.Second)}
+	if cause := k.topicProblem(topic); cause != nil {
+		attrs = append(attrs, "cause", cause)
+		if h := hint(cause, topic); h != "" {
+			attrs = append(attrs, "fix", h)
 		}
-		return l.parts, l.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-k.closing:
-		return nil, ErrClosed
 	}
+	k.log.Warn("waiting for the topic's partitions: publishing is paused, and nothing from this event on is confirmed, until the brokers list them", attrs...)
+}
+
+// topicProblem asks one broker about topic, without creating it: the
+// error of the topic or of one of its partitions, or nil.
+func (k *Kafka) topicProblem(topic string) error {
+	b := k.client.LeastLoadedBroker()
+	if b == nil {
+		return sarama.ErrOutOfBrokers
+	}
+	req := sarama.NewMetadataRequest(k.version, []string{topic})
+	req.AllowAutoTopicCreation = false
+	resp, err := b.GetMetadata(req)
+	if err != nil {
+		return err
+	}
+	for _, tm := range resp.Topics {
+		if tm.Name != topic {
+			continue
+		}
+		if tm.Err != sarama.ErrNoError {
+			return tm.Err
+		}
+		if len(tm.Partitions) == 0 {
+			return sarama.ErrLeaderNotAvailable
+		}
+		for _, pm := range tm.Partitions {
+			if pm.Err == sarama.ErrLeaderNotAvailable || pm.Leader < 0 {
+				return sarama.ErrLeaderNotAvailable
+			}
+		}
+	}
+	return nil
 }
 
 // checkPartitions turns an empty partition list into the error sarama's
