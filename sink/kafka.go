@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -378,6 +379,7 @@ type Kafka struct {
 
 	maxMessageBytes int
 	version         sarama.KafkaVersion
+	compressed      bool
 
 	// slots is the in-flight semaphore: Publish fills a slot, the ack
 	// goroutine empties it after calling the ack.
@@ -390,6 +392,11 @@ type Kafka struct {
 	// Publish looks them up without waiting on a broker.
 	knownTopics sync.Map
 	lookups     sync.WaitGroup
+	// topicLimits holds the max.message.bytes of the topics where it is
+	// below maxMessageBytes (readTopicLimit); room keeps the records in
+	// flight to each of their partitions within it.
+	topicLimits sync.Map // topic -> int
+	room        partitionRoom
 
 	// closing is closed by stop to wake Publish calls blocked at the cap.
 	closing chan struct{}
@@ -469,6 +476,7 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		brokers:         brokers,
 		maxMessageBytes: cfg.MaxMessageBytes,
 		version:         sc.Version,
+		compressed:      sc.Producer.Compression != sarama.CompressionNone,
 		slots:           make(chan struct{}, cfg.MaxInFlight),
 		closing:         make(chan struct{}),
 		ackDone:         make(chan struct{}),
@@ -576,19 +584,25 @@ func tlsHint(t KafkaTLS, err error) string {
 //
 // It blocks while MaxInFlight records are unacknowledged (backpressure),
 // and for the first record of a topic while the producer fetches the
-// topic's partitions (logging why after a few seconds: a topic that does
-// not exist, say). It returns ctx.Err() if ctx has ended or ends while it
-// waits, and ErrClosed once Close or Abort has begun.
+// topic's partitions and its max.message.bytes (logging why after a few
+// seconds: a topic that does not exist, say). For a topic whose
+// max.message.bytes is below MaxMessageBytes, it also blocks while the
+// record would not fit in its partition's batch beside the records in
+// flight there: the broker refuses a whole batch over the topic's limit,
+// records that are not at fault included. It returns ctx.Err() if ctx has
+// ended or ends while it waits, and ErrClosed once Close or Abort has
+// begun.
 //
 // An error with RecordRejected() true (a *RecordError wrapping
-// ErrInvalidTopicName or ErrRecordTooLarge) means this record was refused
-// and nothing was sent; the caller decides (dead-letter or stop) and may
-// go on publishing. A record of a partition that already had a failure is
-// refused with an error wrapping ErrPartitionBlocked (infra class): from
-// the moment a failure is reported, nothing more of its partition is handed
-// to the producer, so later records cannot overtake the failed one; a
-// fresh sink sends them again. (Records handed over before the failure was
-// reported may still go out: sarama cannot give them back.)
+// ErrInvalidTopicName, ErrRecordTooLarge or ErrRecordTooLargeForTopic)
+// means this record was refused and nothing was sent; the caller decides
+// (dead-letter or stop) and may go on publishing. A record of a partition
+// that already had a failure is refused with an error wrapping
+// ErrPartitionBlocked (infra class): from the moment a failure is
+// reported, nothing more of its partition is handed to the producer, so
+// later records cannot overtake the failed one; a fresh sink sends them
+// again. (Records handed over before the failure was reported may still go
+// out: sarama cannot give them back.)
 //
 // If Publish returns nil, ack is called exactly once, from the ack
 // goroutine: with nil once the broker acknowledged the record (acks=all),
@@ -610,13 +624,21 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 	if !validTopic(ev.Topic) {
 		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: -1, Err: ErrInvalidTopicName}
 	}
-	if size := recordSize(ev); size > k.maxMessageBytes {
+	size := recordSize(ev)
+	if size > k.maxMessageBytes {
 		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: -1,
 			Err: fmt.Errorf("%w: %d bytes (key, value, headers and record framing) over the limit of %d; nothing was sent", ErrRecordTooLarge, size, k.maxMessageBytes)}
 	}
 	r := newRecord(ev, ack)
 	if err := k.choosePartition(ctx, r); err != nil {
 		return err
+	}
+	limit := k.topicLimit(r.msg.Topic)
+	// Compressed, a batch may fit where the sum of its records does not:
+	// the broker decides, and a record over the limit goes alone (room).
+	if limit > 0 && !k.compressed && size+recordBatchOverhead > limit {
+		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: r.partition,
+			Err: fmt.Errorf("%w: %d bytes (key, value, headers, record and batch framing) over the topic's limit of %d; nothing was sent", ErrRecordTooLargeForTopic, size+recordBatchOverhead, limit)}
 	}
 
 	select {
@@ -630,7 +652,14 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 			return ErrClosed
 		}
 	}
+	if limit > 0 {
+		if err := k.takeRoom(ctx, r, size, limit); err != nil {
+			<-k.slots
+			return err
+		}
+	}
 	if first := k.blocked.get(r.msg.Topic, r.partition); first != nil {
+		k.room.release(r)
 		<-k.slots
 		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: r.partition, Err: &partitionBlockedError{first}}
 	}
@@ -662,8 +691,31 @@ func (k *Kafka) takeBack(r *record, err error) error {
 	if !k.pending.remove(r) {
 		return nil
 	}
+	k.room.release(r)
 	<-k.slots
 	return err
+}
+
+// takeRoom waits until r, of size bytes, fits in its partition's batch
+// beside the records in flight there, within the topic's limit, and
+// reserves its room. A record alone always fits: sarama batches only
+// records in flight, so one over the limit goes in a batch of its own.
+func (k *Kafka) takeRoom(ctx context.Context, r *record, size, limit int) error {
+	tp := topicPartition{r.msg.Topic, r.partition}
+	for {
+		freed := k.room.take(tp, size, limit-recordBatchOverhead)
+		if freed == nil {
+			r.room = size
+			return nil
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-k.closing:
+			return ErrClosed
+		}
+	}
 }
 
 // choosePartition sets the partition r goes to, exactly as sarama's hash
@@ -695,8 +747,9 @@ func partitionOf(key []byte, n int32) int32 {
 // The first lookup of a topic may wait on a broker (for hours, if the
 // topic does not exist and the brokers do not create topics: the metadata
 // retries wait for it); it runs apart so that Publish can stop waiting when
-// ctx ends or the sink closes. A wait of more than a few seconds is logged,
-// with its cause (eventID is the record waiting).
+// ctx ends or the sink closes, and it also reads the topic's
+// max.message.bytes. A wait of more than a few seconds is logged, with its
+// cause (eventID is the record waiting).
 func (k *Kafka) partitions(ctx context.Context, topic, eventID string) ([]int32, error) {
 	if _, ok := k.knownTopics.Load(topic); ok {
 		return checkPartitions(k.client.Partitions(topic))
@@ -708,6 +761,9 @@ func (k *Kafka) partitions(ctx context.Context, topic, eventID string) ([]int32,
 	done := make(chan lookup, 1)
 	if !k.goLookup(func() {
 		parts, err := checkPartitions(k.client.Partitions(topic))
+		if err == nil {
+			k.readTopicLimit(topic)
+		}
 		done <- lookup{parts, err}
 	}) {
 		return nil, ErrClosed
@@ -808,6 +864,92 @@ func (k *Kafka) topicProblem(topic string) error {
 		}
 	}
 	return nil
+}
+
+// recordBatchOverhead is the header of a record batch (message format 2):
+// the broker holds a batch, header included, to the topic's
+// max.message.bytes.
+const recordBatchOverhead = 61
+
+// readTopicLimit reads topic's max.message.bytes and, when it is below the
+// producer's max message bytes, keeps it for Publish (topicLimit). Reading
+// it needs DESCRIBE_CONFIGS on the topic; without it, the producer's max
+// message bytes is the only bound, as the flag's documentation says. It
+// waits topicLimitWait at most: a broker that does not answer must not
+// hold the topic's first record longer (the answer, when it comes, counts
+// for the records after it).
+func (k *Kafka) readTopicLimit(topic string) {
+	done := make(chan struct{})
+	if !k.goLookup(func() {
+		defer close(done)
+		limit, err := k.describeMaxMessageBytes(topic)
+		switch {
+		case err != nil:
+			k.log.Info("could not read the topic's max.message.bytes (grant DESCRIBE_CONFIGS on it to the relay's principal): the producer's max message bytes must not be above it",
+				"topic", topic, "max_message_bytes", k.maxMessageBytes, "err", err)
+		case limit < k.maxMessageBytes:
+			k.topicLimits.Store(topic, limit)
+			k.log.Info("the topic's max.message.bytes is below the producer's max message bytes: larger records are refused as too large for the topic, and its batches kept within its limit",
+				"topic", topic, "topic_max_message_bytes", limit, "max_message_bytes", k.maxMessageBytes)
+		}
+	}) {
+		return
+	}
+	timer := time.NewTimer(topicLimitWait)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-k.closing:
+	case <-timer.C:
+		k.log.Info("no answer yet about the topic's max.message.bytes; publishing to it goes on meanwhile",
+			"topic", topic, "waited", topicLimitWait)
+	}
+}
+
+// topicLimitWait bounds how long the first record of a topic waits for the
+// topic's max.message.bytes.
+const topicLimitWait = 3 * time.Second
+
+// topicLimit returns the max.message.bytes readTopicLimit kept for topic,
+// or 0.
+func (k *Kafka) topicLimit(topic string) int {
+	if v, ok := k.topicLimits.Load(topic); ok {
+		return v.(int)
+	}
+	return 0
+}
+
+// describeMaxMessageBytes asks one broker for topic's max.message.bytes
+// (the topic's own, or the brokers' message.max.bytes it inherits).
+func (k *Kafka) describeMaxMessageBytes(topic string) (int, error) {
+	b := k.client.LeastLoadedBroker()
+	if b == nil {
+		return 0, sarama.ErrOutOfBrokers
+	}
+	req := &sarama.DescribeConfigsRequest{Resources: []*sarama.ConfigResource{
+		{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"max.message.bytes"}},
+	}}
+	switch {
+	case k.version.IsAtLeast(sarama.V2_0_0_0):
+		req.Version = 2
+	case k.version.IsAtLeast(sarama.V1_1_0_0):
+		req.Version = 1
+	}
+	resp, err := b.DescribeConfigs(req)
+	if err != nil {
+		return 0, err
+	}
+	for _, r := range resp.Resources {
+		if r.ErrorCode != 0 {
+			return 0, fmt.Errorf("%w: %s", sarama.KError(r.ErrorCode), r.ErrorMsg)
+		}
+		for _, c := range r.Configs {
+			if c.Name == "max.message.bytes" {
+				return strconv.Atoi(c.Value)
+			}
+		}
+	}
+	return 0, errors.New("the broker's answer has no max.message.bytes")
 }
 
 // checkPartitions turns an empty partition list into the error sarama's
@@ -943,6 +1085,7 @@ func (k *Kafka) acks() {
 			}
 			k.lastProgress.Store(time.Now().UnixNano())
 			if r := msg.Metadata.(*record); k.pending.remove(r) {
+				k.room.release(r)
 				r.done(nil)
 				<-k.slots
 			}
@@ -952,7 +1095,11 @@ func (k *Kafka) acks() {
 				continue
 			}
 			if r := pe.Msg.Metadata.(*record); k.pending.remove(r) {
-				r.done(k.failure(r, pe.Err))
+				// The partition is blocked before its room is freed: no
+				// record waiting for the room can pass the failure.
+				err := k.failure(r, pe.Err)
+				k.room.release(r)
+				r.done(err)
 				<-k.slots
 			}
 		}
@@ -963,6 +1110,7 @@ func (k *Kafka) acks() {
 // Abort.
 func (k *Kafka) failPending() {
 	for _, r := range k.pending.takeAll() {
+		k.room.release(r)
 		r.done(&RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: ErrAborted})
 		<-k.slots
 	}
@@ -1133,4 +1281,50 @@ func (b *partitionBlocks) get(topic string, partition int32) *RecordError {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.m[topicPartition{topic, partition}]
+}
+
+// partitionRoom counts the bytes in flight to each partition of the topics
+// with a limit (topicLimit). sarama batches only records in flight, so a
+// partition's batch is never larger than what is in flight there.
+type partitionRoom struct {
+	mu    sync.Mutex
+	used  map[topicPartition]int
+	freed chan struct{} // closed, and replaced, when bytes are released
+}
+
+// take reserves n bytes of tp's room of max bytes and returns nil; or, if
+// they do not fit, returns a channel closed once some room is freed. An
+// empty room takes any n.
+func (p *partitionRoom) take(tp topicPartition, n, max int) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if used := p.used[tp]; used == 0 || used+n <= max {
+		if p.used == nil {
+			p.used = make(map[topicPartition]int)
+		}
+		p.used[tp] = used + n
+		return nil
+	}
+	if p.freed == nil {
+		p.freed = make(chan struct{})
+	}
+	return p.freed
+}
+
+// release frees the room r holds, if any.
+func (p *partitionRoom) release(r *record) {
+	if r.room == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	tp := topicPartition{r.msg.Topic, r.partition}
+	if p.used[tp] -= r.room; p.used[tp] <= 0 {
+		delete(p.used, tp)
+	}
+	r.room = 0
+	if p.freed != nil {
+		close(p.freed)
+		p.freed = nil
+	}
 }

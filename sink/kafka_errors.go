@@ -37,6 +37,11 @@ var (
 	// ErrRecordTooLarge is wrapped by Publish's error for a record larger
 	// than KafkaConfig.MaxMessageBytes. Record class.
 	ErrRecordTooLarge = errors.New("record larger than the producer's max message bytes")
+	// ErrRecordTooLargeForTopic is wrapped by Publish's error for a
+	// record that, in a batch of its own, would be larger than its
+	// topic's max.message.bytes, when that is below the producer's max
+	// message bytes. Record class.
+	ErrRecordTooLargeForTopic = errors.New("record larger than its topic's max.message.bytes")
 	// ErrInvalidTopicName is wrapped by Publish's error for a topic Kafka
 	// does not accept as a name. Record class.
 	ErrInvalidTopicName = errors.New("not a legal Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'; not \".\" or \"..\")")
@@ -62,7 +67,7 @@ func Classify(err error) ErrorClass {
 	// record class.
 	case errors.Is(err, ErrPartitionBlocked), errors.Is(err, ErrAborted), errors.Is(err, ErrClosed):
 		return ClassInfra
-	case errors.Is(err, ErrRecordTooLarge), errors.Is(err, ErrInvalidTopicName):
+	case errors.Is(err, ErrRecordTooLarge), errors.Is(err, ErrRecordTooLargeForTopic), errors.Is(err, ErrInvalidTopicName):
 		return ClassRecord
 	}
 	var ce sarama.ConfigurationError
@@ -222,7 +227,7 @@ func (e *RecordError) RecordTooLarge() bool {
 		return false
 	}
 	var ce sarama.ConfigurationError
-	return errors.Is(e.Err, ErrRecordTooLarge) || errors.Is(e.Err, sarama.ErrMessageSizeTooLarge) ||
+	return errors.Is(e.Err, ErrRecordTooLarge) || errors.Is(e.Err, ErrRecordTooLargeForTopic) || errors.Is(e.Err, sarama.ErrMessageSizeTooLarge) ||
 		errors.Is(e.Err, sarama.ErrInvalidMessageSize) || errors.As(e.Err, &ce)
 }
 

@@ -1,6 +1,8 @@
 package sink
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -14,6 +16,54 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/decoder"
 )
+
+// TestKafkaTopicLimitBelowTheProducersBoundsBatches: a topic whose
+// max.message.bytes is below the producer's max message bytes. A record
+// over the topic's limit is refused by Publish, nothing sent; the records
+// of its partition around it share batches that stay within the limit, so
+// the broker refuses none of them (it judges a whole batch, and would
+// refuse the records with the one at fault).
+func TestKafkaTopicLimitBelowTheProducersBoundsBatches(t *testing.T) {
+	const topic, limit, n, big = "outbox.order", 4096, 60, 30
+	c := newCluster(t)
+	createTopic(t, c, topic, map[string]string{"max.message.bytes": fmt.Sprint(limit)})
+	// A long linger: without a bound, every record would go in one batch.
+	k := newKafka(t, c, KafkaConfig{FlushFrequency: 50 * time.Millisecond})
+	a := newAcks(n - 1)
+	for i := range n {
+		ev := decoder.Event{ID: fmt.Sprintf("ev-%d", i), AggregateID: "order-1", Topic: topic, Payload: make([]byte, 400)}
+		if i == big {
+			ev.Payload = make([]byte, limit)
+			err := k.Publish(t.Context(), &ev, func(err error) { t.Errorf("ack of the refused record: %v", err) })
+			var re *RecordError
+			if !errors.As(err, &re) || !errors.Is(err, ErrRecordTooLargeForTopic) || !re.RecordRejected() || !re.RecordTooLarge() {
+				t.Fatalf("Publish of a record over the topic's limit: %v, want a record error wrapping ErrRecordTooLargeForTopic", err)
+			}
+			if !strings.Contains(err.Error(), fmt.Sprint(limit)) {
+				t.Errorf("error %q does not name the topic's limit", err)
+			}
+			continue
+		}
+		j := i
+		if i > big {
+			j--
+		}
+		if err := k.Publish(t.Context(), &ev, a.fn(j)); err != nil {
+			t.Fatalf("Publish %d: %v", i, err)
+		}
+	}
+	a.wait(t, true)
+	recs := consume(t, c, topic, n-1)
+	for i, r := range recs {
+		want := i
+		if i >= big {
+			want++
+		}
+		if got := string(r.Headers[0].Value); got != fmt.Sprintf("ev-%d", want) {
+			t.Fatalf("record %d is %s, want ev-%d", i, got, want)
+		}
+	}
+}
 
 // TestKafkaMissingTopicIsNamedWhilePublishWaits: with topic creation off,
 // Publish waits for a topic that does not exist (it sends nothing, so

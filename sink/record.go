@@ -40,8 +40,11 @@ type record struct {
 	// gets the message.
 	partition int32
 	value     []byte // the event's payload
-	buf       []byte // key, then the small header bytes
-	keyLen    int
+	// room is the bytes it holds of its partition's room (partitionRoom),
+	// 0 for none.
+	room   int
+	buf    []byte // key, then the small header bytes
+	keyLen int
 
 	// Links in Kafka.pending, guarded by its mutex; pending is false once
 	// the record left the list (acked, or failed by Abort).
