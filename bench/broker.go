@@ -19,7 +19,7 @@ const benchTopic = "outbox.order"
 // auto-creation and the metadata refresh after it.
 func brokerMain(args []string) error {
 	fs := flag.NewFlagSet("broker", flag.ExitOnError)
-	partitions := fs.Int("partitions", 3, "partitions of the benchmark topic")
+	partitions := fs.Int("partitions", benchPartitions, "partitions of the benchmark topic")
 	fs.Parse(args)
 	c, err := kfake.NewCluster(
 		kfake.NumBrokers(1),

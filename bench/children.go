@@ -133,7 +133,7 @@ type broker struct {
 
 func (e *env) startBroker(ctx context.Context) (*broker, error) {
 	pr, pw := io.Pipe()
-	c, err := startChild("broker", pw, e.logPath("broker.log"), e.exe, "broker", "-partitions", "3")
+	c, err := startChild("broker", pw, e.logPath("broker.log"), e.exe, "broker", "-partitions", fmt.Sprint(benchPartitions))
 	if err != nil {
 		return nil, err
 	}

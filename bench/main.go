@@ -2,9 +2,11 @@
 // decoding (pg_recvlogical) and against the polling alternative, on one
 // machine, side by side. `make bench` runs it.
 //
-// It starts a private PostgreSQL (internal/pgserver) and, for every broker
-// run, a fresh Kafka-protocol broker (kfake) in a separate process. The relay
-// runs in a separate process too, so its CPU time and peak RSS are its own.
+// It starts a private PostgreSQL (internal/pgserver), for every kfake run a
+// fresh Kafka-protocol broker (kfake) in a separate process, and once a
+// one-node Apache Kafka (internal/kafkaserver) that every Apache Kafka run
+// shares. The relay runs in a separate process too, so its CPU time and peak
+// RSS are its own.
 // Both helpers are this same binary re-executed with a sub-command:
 //
 //	bench broker   kfake on a loopback port; prints its address
@@ -43,6 +45,8 @@ type options struct {
 	procs        int
 	pgbench      bool
 	linger       time.Duration
+	noApache     bool
+	apacheJVM    string
 }
 
 func main() {
@@ -83,7 +87,9 @@ func main() {
 	fs.BoolVar(&o.profile, "profile", true, "write a CPU profile of the relay process in each drain")
 	fs.StringVar(&o.shapes, "shapes", "batch,message,single", "backlog shapes to drain: batch (1,000-row transactions), message (1,000 logical messages per transaction, message mode), single (single-row transactions); empty for none")
 	fs.BoolVar(&o.skipPoller, "skip-poller", false, "skip the SKIP LOCKED poller runs")
-	fs.StringVar(&o.live, "live", "raw,relay,poller", "live latency runs: raw (a bare replication reader: the latency floor), relay, poller; empty for none")
+	fs.StringVar(&o.live, "live", "raw,relay,apache,poller", "live latency runs: raw (a bare replication reader: the latency floor), relay (to kfake), apache (the relay to Apache Kafka), poller (to kfake); empty for none")
+	fs.BoolVar(&o.noApache, "no-apache", false, "leave out the Apache Kafka rows (drains and live run); without it the bench needs Java and the jars that bash kafka/fetch.sh caches")
+	fs.StringVar(&o.apacheJVM, "apache-jvm-flags", apacheJVMFlags, "JVM flags of the Apache Kafka node, after internal/kafkaserver's defaults (a later flag wins)")
 	fs.BoolVar(&o.liveProfile, "live-profile", true, "write a CPU profile of the relay in the live run")
 	fs.BoolVar(&o.pgbench, "pgbench", false, "drive the live runs with pgbench instead of the built-in Go writers")
 	fs.DurationVar(&o.linger, "kafka-linger", 0, "the relay's Kafka FlushFrequency (0: the sink's default)")

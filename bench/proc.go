@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"log"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -189,4 +190,32 @@ func otherCPU(a, b cpuSnapshot) time.Duration {
 		ticks += max(0, t-a[pid])
 	}
 	return time.Duration(ticks) * time.Second / clockTick
+}
+
+// processCPU returns pid's CPU time so far (utime+stime of
+// /proc/<pid>/stat, which sum all its threads), 0 if unknown.
+func processCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	st, err := readProcStat(pid)
+	if err != nil {
+		return 0
+	}
+	return time.Duration(st.utime+st.stime) * time.Second / clockTick
+}
+
+// meter measures process pid over an interval, from now to when the
+// function it returns is called: its CPU time, and its peak RSS in KiB. The
+// peak (VmHWM) is set back to the current RSS first (clear_refs 5), so a
+// process that serves several measurements, the Apache Kafka broker, has a
+// peak of each.
+func meter(pid int) func() (cpu time.Duration, peakKiB int64) {
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		log.Printf("resetting the peak RSS of process %d: %v (its peak is then since it started)", pid, err)
+	}
+	before := processCPU(pid)
+	return func() (time.Duration, int64) {
+		return processCPU(pid) - before, vmHWM(pid)
+	}
 }

@@ -7,8 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
+
+	"github.com/outbox-relay/outbox-relay/internal/kafkaserver"
+	"github.com/outbox-relay/outbox-relay/sink"
 )
 
 type machine struct {
@@ -90,11 +94,11 @@ func verdict(ok bool) string {
 func (e *env) ratios() []ratio {
 	var out []ratio
 	for _, shape := range []string{"batch", "message", "single"} {
-		ceil, ok := e.drain(shape, "pg_recvlogical")
+		ceil, ok := e.drain(shape, cRecvlogical)
 		if !ok {
 			continue
 		}
-		if d, ok := e.drain(shape, "relay->null"); ok {
+		if d, ok := e.drain(shape, cNull); ok {
 			x := d.rate() / ceil.rate()
 			target, v := ">= 0.9x", verdict(x >= 0.9)
 			if shape == "message" {
@@ -103,7 +107,12 @@ func (e *env) ratios() []ratio {
 			out = append(out, ratio{fmt.Sprintf("relay->null %s pg_recvlogical (%s)", target, shapeName(shape)),
 				fmt.Sprintf("%.2fx (%.0f vs %.0f ev/s)", x, d.rate(), ceil.rate()), v})
 		}
-		if d, ok := e.drain(shape, "relay->kafka"); ok {
+		// The targets for the relay to Kafka hold for either broker.
+		for _, c := range []string{cKfake, cApache} {
+			d, ok := e.drain(shape, c)
+			if !ok {
+				continue
+			}
 			x := d.rate() / ceil.rate()
 			target := "(no target; for reference)"
 			v := "-"
@@ -111,30 +120,35 @@ func (e *env) ratios() []ratio {
 				target = ">= 0.75x"
 				v = verdict(x >= 0.75)
 			}
-			out = append(out, ratio{fmt.Sprintf("relay->kafka %s pg_recvlogical (%s)", target, shapeName(shape)),
+			out = append(out, ratio{fmt.Sprintf("%s %s pg_recvlogical (%s)", c, target, shapeName(shape)),
 				fmt.Sprintf("%.2fx (%.0f vs %.0f ev/s)", x, d.rate(), ceil.rate()), v})
 		}
 	}
-	if l, ok := e.liveOf("relay->kafka"); ok {
-		out = append(out, ratio{fmt.Sprintf("live p99 <= 25ms at %d ev/s", l.TargetRate),
+	for _, c := range []string{cKfake, cApache} {
+		l, ok := e.liveOf(c)
+		if !ok {
+			continue
+		}
+		out = append(out, ratio{fmt.Sprintf("%s: live p99 <= 25ms at %d ev/s", c, l.TargetRate),
 			fmt.Sprintf("%s insert-to-ack, %s commit-to-ack (%.0f ev/s achieved)", ms(l.CreateToAck.P99), ms(l.CommitToAck.P99), l.Achieved),
 			verdict(l.CreateToAck.P99 <= 25*time.Millisecond)})
-		out = append(out, ratio{"live p50 <= 5ms",
+		out = append(out, ratio{fmt.Sprintf("%s: live p50 <= 5ms", c),
 			fmt.Sprintf("%s insert-to-ack, %s commit-to-ack", ms(l.CreateToAck.P50), ms(l.CommitToAck.P50)),
 			verdict(l.CreateToAck.P50 <= 5*time.Millisecond)})
 		if l.ReceiveToAck.N > 0 {
-			out = append(out, ratio{"(for reference) the relay's own share, received-to-ack",
+			out = append(out, ratio{fmt.Sprintf("(for reference) %s: the relay's own share, received-to-ack", c),
 				fmt.Sprintf("p50 %s, p99 %s; commit-to-received p50 %s, p99 %s", ms(l.ReceiveToAck.P50), ms(l.ReceiveToAck.P99), ms(l.CommitToReceive.P50), ms(l.CommitToReceive.P99)), "-"})
 		}
-		if raw, ok := e.liveOf("raw reader"); ok {
-			out = append(out, ratio{"(for reference) the floor: a bare reader's commit-to-received at the same rate",
-				fmt.Sprintf("p50 %s, p99 %s", ms(raw.CommitToReceive.P50), ms(raw.CommitToReceive.P99)), "-"})
-		}
-		if p, ok := e.liveOf("poller->kafka"); ok && l.CreateToAck.P99 > 0 {
+		// The poller ran against kfake: compared with the relay to kfake.
+		if p, ok := e.liveOf(cPoller); ok && c == cKfake && l.CreateToAck.P99 > 0 {
 			x := float64(p.CreateToAck.P99) / float64(l.CreateToAck.P99)
-			out = append(out, ratio{"p99 >= 10x lower than the poller at equal rate",
+			out = append(out, ratio{"p99 >= 10x lower than the poller at equal rate (both to kfake)",
 				fmt.Sprintf("%.1fx (poller %s vs relay %s)", x, ms(p.CreateToAck.P99), ms(l.CreateToAck.P99)), verdict(x >= 10)})
 		}
+	}
+	if raw, ok := e.liveOf(cRaw); ok {
+		out = append(out, ratio{"(for reference) the floor: a bare reader's commit-to-received at the same rate",
+			fmt.Sprintf("p50 %s, p99 %s", ms(raw.CommitToReceive.P50), ms(raw.CommitToReceive.P99)), "-"})
 	}
 	maxRSS := int64(0)
 	for _, d := range e.res.Drains {
@@ -146,9 +160,9 @@ func (e *env) ratios() []ratio {
 		out = append(out, ratio{fmt.Sprintf("relay peak RSS <= 100MB draining a %d-event backlog", e.o.events),
 			fmt.Sprintf("%.1f MiB (highest relay drain)", float64(maxRSS)/1024), verdict(maxRSS <= 100*1024)})
 	}
-	if k, ok := e.drain("batch", "relay->kafka"); ok {
-		if p, ok := e.drain("batch", "poller->kafka"); ok {
-			out = append(out, ratio{"higher max throughput than the poller (1,000-row txns)",
+	if k, ok := e.drain("batch", cKfake); ok {
+		if p, ok := e.drain("batch", cPoller); ok {
+			out = append(out, ratio{"higher max throughput than the poller (1,000-row txns, both to kfake)",
 				fmt.Sprintf("%.2fx (%.0f vs %.0f ev/s)", k.rate()/p.rate(), k.rate(), p.rate()), verdict(k.rate() > p.rate())})
 		}
 	}
@@ -191,6 +205,7 @@ func (e *env) writeResults() error {
 	w("- load average (1/5/15 min) at start, during each measurement, at the end: %s\n", strings.Join(e.loadsSeen(), " | "))
 	w("- %d events per shape, payload %.0f bytes of JSON on average (message mode: %.0f), %d aggregates; single-row writers: %d connections\n",
 		e.o.events, r.Payload, r.MessagePayload, aggregates, e.o.writers)
+	w("- brokers: %s\n", e.brokersLine())
 	w("- inserts: ")
 	for _, s := range shapes {
 		if d, ok := r.Inserts[s]; ok {
@@ -199,25 +214,29 @@ func (e *env) writeResults() error {
 	}
 	w("\n\n")
 
+	e.writeBrokers(w)
+
 	w("## Draining a backlog\n\n")
 	w("Every consumer has its own slot, created before the inserts, so each drains identical WAL. ")
 	w("Wall time runs from starting the consumer process to its slot's `confirmed_flush_lsn` reaching the WAL end of the inserts (pg_recvlogical: to its exit at `--endpos`). ")
-	w("CPU and peak RSS are the consumer process's own (getrusage of the child); Postgres CPU is every server process (utime+stime from /proc) over the same interval.\n\n")
-	w("| shape | consumer | events | wall s | events/s | x pg_recvlogical | consumer CPU s / 1M ev | peak RSS MiB | Postgres CPU s / 1M ev | other processes CPU s | load during |\n")
-	w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	w("CPU and peak RSS are the consumer process's own (getrusage of the child); Postgres CPU is every server process (utime+stime from /proc) over the same interval. ")
+	w("**Broker CPU and peak RSS** are the broker process's over the same interval: utime+stime of /proc/<pid>/stat before and after (all its threads; for Apache Kafka's JVM the JIT and GC threads too), and VmHWM, set back to the current RSS (`clear_refs` 5) at the start. ")
+	w("kfake is a fresh process for each row; Apache Kafka is one JVM for the whole run, so its RSS includes what earlier rows left in its heap.\n\n")
+	w("| shape | consumer | events | wall s | events/s | x pg_recvlogical | consumer CPU s / 1M ev | peak RSS MiB | Postgres CPU s / 1M ev | broker CPU s / 1M ev | broker peak RSS MiB | other processes CPU s | load during |\n")
+	w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, d := range r.Drains {
 		if d.Err != "" {
-			w("| %s | %s | %d | failed: %s | | | | | | | |\n", shapeName(d.Shape), d.Consumer, d.Events, strings.ReplaceAll(d.Err, "|", "/"))
+			w("| %s | %s | %d | failed: %s | | | | | | | | | |\n", shapeName(d.Shape), d.Consumer, d.Events, strings.ReplaceAll(d.Err, "|", "/"))
 			continue
 		}
 		x := "-"
-		if c, ok := e.drain(d.Shape, "pg_recvlogical"); ok && d.Consumer != "pg_recvlogical" {
+		if c, ok := e.drain(d.Shape, cRecvlogical); ok && d.Consumer != cRecvlogical {
 			x = fmt.Sprintf("%.2f", d.rate()/c.rate())
-		} else if d.Consumer == "pg_recvlogical" {
+		} else if d.Consumer == cRecvlogical {
 			x = "1.00"
 		}
-		w("| %s | %s | %d | %.2f | %.0f | %s | %s | %.1f | %s | %.2f | %s |\n", shapeName(d.Shape), d.Consumer, d.Events, d.Wall.Seconds(), d.rate(), x,
-			perMillion(d.CPU, d.Events), float64(d.RSSKiB)/1024, perMillion(d.PGCPU, d.Events), d.Other.Seconds(), d.Load)
+		w("| %s | %s | %d | %.2f | %.0f | %s | %s | %.1f | %s | %s | %s | %.2f | %s |\n", shapeName(d.Shape), d.Consumer, d.Events, d.Wall.Seconds(), d.rate(), x,
+			perMillion(d.CPU, d.Events), float64(d.RSSKiB)/1024, perMillion(d.PGCPU, d.Events), perMillion(d.BrokerCPU, d.Events), mib(d.BrokerRSSKiB), d.Other.Seconds(), d.Load)
 	}
 	w("\nThe poller drains the 1,000-row-transaction backlog left in the table after the slots were drained (with its partial index `(created_at) WHERE processed_at IS NULL` created just before), ")
 	w("in batches of 1,000 (`FOR UPDATE SKIP LOCKED`, marks rows processed, commits after the broker acknowledged the batch; sleeps %s after a batch that was not full).\n\n", pollInterval)
@@ -229,18 +248,19 @@ func (e *env) writeResults() error {
 	if e.o.pgbench {
 		writers = fmt.Sprintf("pgbench (`-c %d -j 2 -R %d -M prepared`: Poisson arrivals; its CPU is in the table)", e.o.writers, e.o.rate)
 	}
-	w("%d connections insert single-row transactions (synchronous_commit on) at %d/s in total for %s, from %s; each consumer runs alone (the relay and the poller against a fresh broker), after a CHECKPOINT and the kernel's writeback; the live runs come before the backlog drains, on the freshly started server. ", e.o.writers, e.o.rate, e.o.liveDuration, writers)
+	w("%d connections insert single-row transactions (synchronous_commit on) at %d/s in total for %s, from %s; each consumer runs alone (the relay and the poller against a fresh kfake broker, the relay also against the Apache Kafka node), after a CHECKPOINT and the kernel's writeback; the live runs come before the backlog drains, on the freshly started server. ", e.o.writers, e.o.rate, e.o.liveDuration, writers)
 	w("**insert-to-ack** = time the broker acknowledged the record (producer callback in the relay; return of `SendMessages` in the poller) minus the row's `created_at` (`now()` of the inserting transaction, a fraction of a millisecond before its commit). ")
 	w("**commit-to-ack** (relay only) = ack time minus the commit timestamp carried in the WAL. Same clock: everything runs on one host.\n\n")
 	w("**tail** = how long after the writers stopped the consumer had delivered everything: near zero when it kept up with the rate; large means it fell behind and the percentiles measure a growing queue, not steady-state latency.\n\n")
-	w("| consumer | target ev/s | achieved ev/s | events | insert-to-ack p50 | p95 | p99 | max | commit-to-ack p50 | p95 | p99 | tail s | consumer CPU s | Postgres CPU s | other processes CPU s | load during |\n")
-	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	w("**broker CPU** and **broker peak RSS** as in the drain table, over the writers' run and the tail.\n\n")
+	w("| consumer | target ev/s | achieved ev/s | events | insert-to-ack p50 | p95 | p99 | max | commit-to-ack p50 | p95 | p99 | tail s | consumer CPU s | Postgres CPU s | broker CPU s / 1M ev | broker peak RSS MiB | other processes CPU s | load during |\n")
+	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, l := range r.Live {
-		if l.Consumer == "raw reader" && l.Err == "" {
+		if l.Consumer == cRaw && l.Err == "" {
 			continue // in the split table below
 		}
 		if l.Err != "" {
-			w("| %s | %d | failed: %s | | | | | | | | | | | | | |\n", l.Consumer, l.TargetRate, strings.ReplaceAll(l.Err, "|", "/"))
+			w("| %s | %d | failed: %s | | | | | | | | | | | | | | | |\n", l.Consumer, l.TargetRate, strings.ReplaceAll(l.Err, "|", "/"))
 			continue
 		}
 		c := func(d time.Duration) string {
@@ -249,9 +269,10 @@ func (e *env) writeResults() error {
 			}
 			return ms(d)
 		}
-		w("| %s | %d | %.0f | %d | %s | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %s |\n", l.Consumer, l.TargetRate, l.Achieved, l.Events,
+		w("| %s | %d | %.0f | %d | %s | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %s | %.2f | %s |\n", l.Consumer, l.TargetRate, l.Achieved, l.Events,
 			ms(l.CreateToAck.P50), ms(l.CreateToAck.P95), ms(l.CreateToAck.P99), ms(l.CreateToAck.Max),
-			c(l.CommitToAck.P50), c(l.CommitToAck.P95), c(l.CommitToAck.P99), l.Tail.Seconds(), l.CPU.Seconds(), l.PGCPU.Seconds(), l.Other.Seconds(), l.Load)
+			c(l.CommitToAck.P50), c(l.CommitToAck.P95), c(l.CommitToAck.P99), l.Tail.Seconds(), l.CPU.Seconds(), l.PGCPU.Seconds(),
+			perMillion(l.BrokerCPU, l.Events), mib(l.BrokerRSSKiB), l.Other.Seconds(), l.Load)
 	}
 
 	e.writeSplit(w)
@@ -262,8 +283,8 @@ func (e *env) writeResults() error {
 	}
 
 	w("\n## Chart\n\n![throughput and latency](chart.png)\n\n")
-	w("Left: events/s draining the backlog, one group per shape; bars in order pg_recvlogical (grey), relay->null (blue), relay->kafka (green), poller->kafka (orange). ")
-	w("Right: live insert-to-ack latency in ms, p50 / p95 / p99 for the relay (green) and the poller (orange). The number above each bar is its value.\n")
+	w("Left: events/s draining the backlog, one group per shape; bars in order pg_recvlogical (grey), relay->null (blue), relay->kfake (green), relay->Apache Kafka (purple), poller->kfake (orange). ")
+	w("Right: live insert-to-ack latency in ms, p50 / p95 / p99 for the relay to kfake (green), the relay to Apache Kafka (purple) and the poller to kfake (orange). The number at the end of each bar is its value; the legend is under the panels.\n")
 
 	var profiles []string
 	for _, l := range r.Live {
@@ -300,8 +321,8 @@ func (e *env) writeModes(w func(string, ...any)) {
 	w("## Table mode vs message mode\n\n")
 	w("The same %d events (same aggregates, payloads shaped alike) written as rows of the outbox table or, in message mode, as transactional logical decoding messages with the relay's envelope (`outbox.Emit`, prefix `%s`; pg_recvlogical with `-o messages=true`, the relay with the message prefix set). ", e.o.events, messagePrefix)
 	w("**WAL bytes/event** = `pg_current_wal_insert_lsn()` after the inserts minus before, divided by the events (table mode includes the primary-key index; autovacuum, if it ran meanwhile, counts too). Events/s as in the drain table above.\n\n")
-	w("| mode | transactions | WAL bytes / event | insert ev/s | pg_recvlogical ev/s | relay->null ev/s | relay->kafka ev/s | relay->kafka x pg_recvlogical |\n")
-	w("|---|---|---:|---:|---:|---:|---:|---:|\n")
+	w("| mode | transactions | WAL bytes / event | insert ev/s | pg_recvlogical ev/s | relay->null ev/s | relay->kfake ev/s | relay->Apache Kafka ev/s | relay->kfake x pg_recvlogical | relay->Apache Kafka x pg_recvlogical |\n")
+	w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, m := range []struct{ shape, mode, txns string }{
 		{"batch", "table", "1,000 rows"},
 		{"message", "message", "1,000 messages"},
@@ -317,14 +338,16 @@ func (e *env) writeModes(w func(string, ...any)) {
 			}
 			return "-"
 		}
-		x := "-"
-		if k, ok := e.drain(m.shape, "relay->kafka"); ok {
-			if c, ok := e.drain(m.shape, "pg_recvlogical"); ok {
-				x = fmt.Sprintf("%.2f", k.rate()/c.rate())
+		x := func(c string) string {
+			if k, ok := e.drain(m.shape, c); ok {
+				if ceil, ok := e.drain(m.shape, cRecvlogical); ok {
+					return fmt.Sprintf("%.2f", k.rate()/ceil.rate())
+				}
 			}
+			return "-"
 		}
-		w("| %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n", m.mode, m.txns, float64(wal)/float64(e.o.events),
-			float64(e.o.events)/r.Inserts[m.shape].Seconds(), rate("pg_recvlogical"), rate("relay->null"), rate("relay->kafka"), x)
+		w("| %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s | %s |\n", m.mode, m.txns, float64(wal)/float64(e.o.events),
+			float64(e.o.events)/r.Inserts[m.shape].Seconds(), rate(cRecvlogical), rate(cNull), rate(cKfake), rate(cApache), x(cKfake), x(cApache))
 	}
 	w("\n")
 }
@@ -365,13 +388,13 @@ func (e *env) writeSplit(w func(string, ...any)) {
 			ra(l.ReceiveToAck, l.ReceiveToAck.P50), ra(l.ReceiveToAck, l.ReceiveToAck.P95), ra(l.ReceiveToAck, l.ReceiveToAck.P99), ra(l.ReceiveToAck, l.ReceiveToAck.Max),
 			ra(l.PublishToAck, l.PublishToAck.P50), ra(l.PublishToAck, l.PublishToAck.P99), cpu, l.Other.Seconds())
 	}
-	raw, okRaw := e.liveOf("raw reader")
-	rel, okRel := e.liveOf("relay->kafka")
+	raw, okRaw := e.liveOf(cRaw)
+	rel, okRel := e.liveOf(cKfake)
 	if !okRaw || !okRel {
 		return
 	}
 	cores := func(l liveResult) float64 { return l.PGCPU.Seconds() / e.o.liveDuration.Seconds() }
-	w("\nDuring the relay's run PostgreSQL used %.2f cores (its %d backends, the walsender) and the relay %.2f of the %d; ", cores(rel), e.o.writers, rel.CPU.Seconds()/e.o.liveDuration.Seconds(), e.res.Machine.CPUs)
+	w("\nDuring the run of the relay to kfake PostgreSQL used %.2f cores (its %d backends, the walsender) and the relay %.2f of the %d; ", cores(rel), e.o.writers, rel.CPU.Seconds()/e.o.liveDuration.Seconds(), e.res.Machine.CPUs)
 	w("the walsender writes each pgoutput message with a send of its own, and a consumer blocked on the socket is woken for each, which on a machine this busy preempts the walsender. ")
 	if raw.CommitToReceive.P99 > 25*time.Millisecond {
 		w("The raw reader's commit-to-received p99 alone (%s) is above the 25ms target: at this load PostgreSQL's delivery, not the relay, bounds the p99 on this machine. ", ms(raw.CommitToReceive.P99))
@@ -404,4 +427,64 @@ func trimProfile(p string) string {
 		}
 	}
 	return strings.Join(out, "\n") + "\n"
+}
+
+// mib renders KiB as MiB, "-" for none.
+func mib(kib int64) string {
+	if kib == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", float64(kib)/1024)
+}
+
+// moduleVersion returns the version of module path in this binary's build
+// info, "?" if it is not there.
+func moduleVersion(path string) string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range bi.Deps {
+			if m.Path == path {
+				return m.Version
+			}
+		}
+	}
+	return "?"
+}
+
+// brokersLine names the brokers in the header.
+func (e *env) brokersLine() string {
+	s := fmt.Sprintf("kfake %s (a fresh process per row)", moduleVersion("github.com/twmb/franz-go/pkg/kfake"))
+	if a := e.res.Apache; a != nil {
+		s += fmt.Sprintf("; Apache Kafka %s (one KRaft node for the whole run, %s)", kafkaserver.KafkaVersion, a.Java)
+	} else {
+		s += "; no Apache Kafka (--no-apache)"
+	}
+	return s
+}
+
+// writeBrokers describes the two brokers and the relay's producer.
+func (e *env) writeBrokers(w func(string, ...any)) {
+	w("## The brokers\n\n")
+	w("- **kfake** (`github.com/twmb/franz-go/pkg/kfake` %s): an in-memory Kafka-protocol broker in Go, one node, a fresh process (`bench broker`) for every kfake row, with the topic `%s` seeded with %d partitions. It keeps records in memory and writes nothing to disk.\n",
+		moduleVersion("github.com/twmb/franz-go/pkg/kfake"), benchTopic, benchPartitions)
+	a := e.res.Apache
+	if a == nil {
+		w("- **Apache Kafka**: left out (`--no-apache`).\n")
+	} else {
+		w("- **Apache Kafka %s** (internal/kafkaserver, the jars `bash kafka/fetch.sh` caches): one KRaft node, broker and controller in one JVM (%s), started once and shared by every Apache Kafka row.\n", kafkaserver.KafkaVersion, a.Java)
+		w("  - JVM flags, in order (a later flag wins): `%s`. The first ones are internal/kafkaserver's defaults for tests; the bench's (`--apache-jvm-flags`, from `-Xms1g`) override them with the heap and G1 settings of Kafka's own bin/kafka-server-start.sh and the full tiered JIT (C1 and C2).\n", strings.Join(a.JVMFlags, " "))
+		w("  - broker settings (server.properties): %s; besides them node.id, listeners (PLAINTEXT and CONTROLLER on 127.0.0.1), controller.quorum.voters, and log.dirs in a temporary directory under %s.\n", a.settingsList(), os.TempDir())
+		w("  - startup: %s from starting the storage format to serving metadata; the node served metadata %s after its JVM started.\n", a.Start.Round(time.Millisecond), a.NodeStartup.Round(time.Millisecond))
+		w("  - topic `%s` created up front with %d partitions (as kfake's) and replication factor 1 (a CreateTopics request).\n", benchTopic, benchPartitions)
+		w("  - warm-up before the first measurement, through the relay's own producer to a topic of its own: %d records as fast as it took them, then %s at %d records/s; it took %s and %.1f s of broker CPU, mostly the C2 JIT compiling. ",
+			a.WarmupRecords, a.WarmupPaced, e.o.rate, a.Warmup.Round(time.Millisecond), a.WarmupCPU.Seconds())
+		w("The rows so measure a broker whose JIT has compiled its produce path, as a production broker's has; without it the JIT took about a core in the first measurements (10s of paced records were not enough, 30s were).\n")
+		w("  - acks=all with one replica is the leader's append to its log; Kafka by default leaves flushing the log to disk to the operating system (no fsync per request), as kfake writes nothing at all. ")
+		w("The broker's CPU from the warm-up's end to the end of the run, idle time between its rows included: %.1f s.\n", e.res.ApacheCPU.Seconds())
+	}
+	linger := sink.DefaultFlushFrequency
+	if e.o.linger > 0 {
+		linger = e.o.linger
+	}
+	w("- **The relay's producer** (sink/kafka.go, `github.com/IBM/sarama` %s), the same for both brokers: idempotent, acks=all, one request in flight per broker connection, linger %s, protocol version %s. The poller's producer (bench/poller.go) is idempotent with acks=all too; it runs against kfake only.\n\n",
+		moduleVersion("github.com/IBM/sarama"), linger, sink.DefaultVersion)
 }

@@ -23,6 +23,29 @@ import (
 
 const publication = "outbox_bench"
 
+// The consumers, as the tables name them.
+const (
+	cRecvlogical = "pg_recvlogical"
+	cRaw         = "raw reader"
+	cNull        = "relay->null"
+	cKfake       = "relay->kfake"
+	cApache      = "relay->Apache Kafka"
+	cPoller      = "poller->kfake"
+)
+
+// fileTag names a consumer in the tmp directory's file names.
+func fileTag(consumer string) string {
+	switch consumer {
+	case cNull:
+		return "null"
+	case cKfake:
+		return "kfake"
+	case cApache:
+		return "apache"
+	}
+	return strings.ReplaceAll(consumer, " ", "-")
+}
+
 // env is one benchmark run's shared state.
 type env struct {
 	o     options
@@ -33,6 +56,9 @@ type env struct {
 	res   *results
 	pgBin string
 	loads []string // load averages sampled during the run
+	// ak is the Apache Kafka cluster every Apache Kafka row shares; nil
+	// with --no-apache.
+	ak *apache
 }
 
 func (e *env) logPath(name string) string { return filepath.Join(e.o.tmpDir, name) }
@@ -46,10 +72,14 @@ type drainResult struct {
 	CPU      time.Duration // the consumer process
 	RSSKiB   int64
 	PGCPU    time.Duration // the whole PostgreSQL server during the drain
-	Other    time.Duration // processes outside the benchmark, same interval
-	Load     string
-	Err      string
-	Profile  string // pprof -top of the relay, if profiled
+	// BrokerCPU and BrokerRSSKiB are the broker process's CPU time and
+	// peak RSS over the same interval (kfake or Apache Kafka).
+	BrokerCPU    time.Duration
+	BrokerRSSKiB int64
+	Other        time.Duration // processes outside the benchmark, same interval
+	Load         string
+	Err          string
+	Profile      string // pprof -top of the relay, if profiled
 }
 
 func (d drainResult) rate() float64 {
@@ -75,6 +105,10 @@ type liveResult struct {
 	CPU             time.Duration
 	RSSKiB          int64
 	PGCPU           time.Duration
+	// BrokerCPU and BrokerRSSKiB are the broker's, over the same interval
+	// as PGCPU.
+	BrokerCPU    time.Duration
+	BrokerRSSKiB int64
 	// WriterCPU is the load generator's CPU time when it is pgbench.
 	WriterCPU time.Duration
 	// Other is the CPU time of processes outside the benchmark while the
@@ -123,6 +157,11 @@ type results struct {
 	MessagePayload float64
 	Drains         []drainResult
 	Live           []liveResult
+	// Apache is the Apache Kafka cluster's set-up, nil with --no-apache.
+	Apache *apache
+	// ApacheCPU is the broker JVM's CPU time from its warm-up's end to the
+	// end of the run, idle time between its rows included.
+	ApacheCPU time.Duration
 }
 
 func run(ctx context.Context, o options) error {
@@ -172,6 +211,14 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
+	if !o.noApache {
+		if e.ak, err = e.startApache(ctx); err != nil {
+			return err
+		}
+		defer e.ak.close()
+		e.res.Apache = e.ak
+	}
+
 	// The live runs come first, on the fresh server: run after the drains
 	// they measured the residue of three million inserts (p99 of the bare
 	// reader 1.1s there, 0.26s on a fresh server, same rate and machine).
@@ -188,6 +235,9 @@ func run(ctx context.Context, o options) error {
 	}
 	e.loads = append(e.loads, loadAverage())
 	e.res.Finished = time.Now()
+	if e.ak != nil {
+		e.res.ApacheCPU = e.ak.cpu() - e.ak.cpuAtStart
+	}
 	return e.writeResults()
 }
 
@@ -211,7 +261,10 @@ func pgBinDir() string {
 
 // shape measures every consumer on one backlog of o.events events.
 func (e *env) shape(ctx context.Context, shape string) error {
-	consumers := []string{"pg_recvlogical", "relay->null", "relay->kafka"}
+	consumers := []string{cRecvlogical, cNull, cKfake}
+	if e.ak != nil {
+		consumers = append(consumers, cApache)
+	}
 	slots := map[string]string{}
 	if _, err := e.admin.Exec(ctx, `TRUNCATE outbox`); err != nil {
 		return err
@@ -263,13 +316,10 @@ func (e *env) shape(ctx context.Context, shape string) error {
 
 	for _, c := range consumers {
 		var r drainResult
-		switch c {
-		case "pg_recvlogical":
+		if c == cRecvlogical {
 			r = e.drainRecvlogical(ctx, shape, slots[c], end)
-		case "relay->null":
-			r = e.drainRelay(ctx, shape, slots[c], "null", end)
-		case "relay->kafka":
-			r = e.drainRelay(ctx, shape, slots[c], "kafka", end)
+		} else {
+			r = e.drainRelay(ctx, shape, slots[c], c, end)
 		}
 		r.Events = e.o.events
 		e.logDrain(r)
@@ -289,9 +339,17 @@ func (e *env) shape(ctx context.Context, shape string) error {
 	return ctx.Err()
 }
 
+// slotName is a consumer's slot for shape: lower-case letters, digits and
+// underscores.
 func slotName(consumer, shape string) string {
-	r := strings.NewReplacer("->", "_", "pg_", "")
-	return "bench_" + r.Replace(consumer) + "_" + shape
+	c := strings.NewReplacer("->", "_", "pg_", "").Replace(strings.ToLower(consumer))
+	c = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, c)
+	return "bench_" + c + "_" + shape
 }
 
 func (e *env) logDrain(r drainResult) {
@@ -299,8 +357,9 @@ func (e *env) logDrain(r drainResult) {
 		log.Printf("[%s] %s: FAILED: %s", r.Shape, r.Consumer, r.Err)
 		return
 	}
-	log.Printf("[%s] %-15s %8d events in %7s = %8.0f ev/s; cpu %s, rss %d MiB, postgres cpu %s; other processes cpu %s; load %s",
-		r.Shape, r.Consumer, r.Events, r.Wall.Round(time.Millisecond), r.rate(), r.CPU.Round(time.Millisecond), r.RSSKiB/1024, r.PGCPU.Round(time.Millisecond), r.Other.Round(10*time.Millisecond), r.Load)
+	log.Printf("[%s] %-19s %8d events in %7s = %8.0f ev/s; cpu %s, rss %d MiB, postgres cpu %s, broker cpu %s, broker rss %d MiB; other processes cpu %s; load %s",
+		r.Shape, r.Consumer, r.Events, r.Wall.Round(time.Millisecond), r.rate(), r.CPU.Round(time.Millisecond), r.RSSKiB/1024, r.PGCPU.Round(time.Millisecond),
+		r.BrokerCPU.Round(time.Millisecond), r.BrokerRSSKiB/1024, r.Other.Round(10*time.Millisecond), r.Load)
 }
 
 // walEnd returns the current WAL insert position: every insert so far is
@@ -363,7 +422,7 @@ func (e *env) drainLimit() time.Duration {
 }
 
 func (e *env) drainRecvlogical(ctx context.Context, shape, slotName string, end pglogrepl.LSN) drainResult {
-	r := drainResult{Shape: shape, Consumer: "pg_recvlogical", Events: e.o.events}
+	r := drainResult{Shape: shape, Consumer: cRecvlogical, Events: e.o.events}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
 	otherBefore := e.otherSnapshot()
 	start := time.Now()
@@ -452,22 +511,45 @@ func (e *env) consumerEnv() []string {
 	return nil
 }
 
-func (e *env) drainRelay(ctx context.Context, shape, slotName, sinkName string, end pglogrepl.LSN) drainResult {
-	r := drainResult{Shape: shape, Consumer: "relay->" + sinkName, Events: e.o.events}
-	var brokers string
-	if sinkName == "kafka" {
+// brokerFor returns the address and process id of consumer's broker: a
+// fresh kfake process (stop it when done), or the shared Apache Kafka
+// node. The relay without a broker has none.
+func (e *env) brokerFor(ctx context.Context, consumer string) (addr string, pid int, kfake *broker, err error) {
+	switch consumer {
+	case cKfake, cPoller:
 		b, err := e.startBroker(ctx)
 		if err != nil {
-			r.Err = err.Error()
-			return r
+			return "", 0, nil, err
 		}
-		defer b.stop(10 * time.Second)
-		brokers = b.addr
+		return b.addr, b.cmd.Process.Pid, b, nil
+	case cApache:
+		return e.ak.addr, e.ak.pid(), nil, nil
 	}
-	name := fmt.Sprintf("relay-%s-%s", shape, sinkName)
+	return "", 0, nil, nil
+}
+
+func (e *env) drainRelay(ctx context.Context, shape, slotName, consumer string, end pglogrepl.LSN) drainResult {
+	r := drainResult{Shape: shape, Consumer: consumer, Events: e.o.events}
+	brokers, brokerPid, kfake, err := e.brokerFor(ctx, consumer)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if kfake != nil {
+		defer kfake.stop(10 * time.Second)
+	}
+	sinkName := "kafka"
+	if consumer == cNull {
+		sinkName = "null"
+	}
+	name := fmt.Sprintf("relay-%s-%s", shape, fileTag(consumer))
 	profile := ""
 	if e.o.profile {
 		profile = e.logPath(name + ".pprof")
+	}
+	var brokerUsage func() (time.Duration, int64)
+	if brokerPid != 0 {
+		brokerUsage = meter(brokerPid)
 	}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
 	otherBefore := e.otherSnapshot()
@@ -485,6 +567,9 @@ func (e *env) drainRelay(ctx context.Context, shape, slotName, sinkName string, 
 	r.Load = loadAverage()
 	r.Other = otherCPU(otherBefore, e.otherSnapshot())
 	pgAfter, _ := postgresCPU(e.pg.DataDir())
+	if brokerUsage != nil {
+		r.BrokerCPU, r.BrokerRSSKiB = brokerUsage()
+	}
 	stopErr := c.stop(40 * time.Second)
 	if err != nil {
 		r.Err = err.Error()
@@ -522,7 +607,7 @@ func pprofTop(profile string) string {
 // drainPoller measures the SKIP LOCKED poller on the backlog left in the
 // table (the relays only read the WAL; the rows are all unprocessed).
 func (e *env) drainPoller(ctx context.Context, shape string) drainResult {
-	r := drainResult{Shape: shape, Consumer: "poller->kafka", Events: e.o.events}
+	r := drainResult{Shape: shape, Consumer: cPoller, Events: e.o.events}
 	// The index a poller needs, created now so the relays' drains ran on
 	// WAL without it.
 	if _, err := e.admin.Exec(ctx, `CREATE INDEX IF NOT EXISTS outbox_unprocessed ON outbox (created_at) WHERE processed_at IS NULL`); err != nil {
@@ -539,6 +624,7 @@ func (e *env) drainPoller(ctx context.Context, shape string) drainResult {
 		return r
 	}
 	defer b.stop(10 * time.Second)
+	brokerUsage := meter(b.cmd.Process.Pid)
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
 	otherBefore := e.otherSnapshot()
 	start := time.Now()
@@ -551,6 +637,7 @@ func (e *env) drainPoller(ctx context.Context, shape string) drainResult {
 	r.Load = loadAverage()
 	r.Other = otherCPU(otherBefore, e.otherSnapshot())
 	pgAfter, _ := postgresCPU(e.pg.DataDir())
+	r.BrokerCPU, r.BrokerRSSKiB = brokerUsage()
 	stopErr := c.stop(20 * time.Second)
 	if err != nil {
 		r.Err = err.Error()
@@ -614,14 +701,15 @@ func (e *env) waitProcessed(ctx context.Context, c *child, limit time.Duration) 
 
 // liveConsumers maps the --live names to consumers, in run order.
 var liveConsumers = []struct{ flag, consumer string }{
-	{"raw", "raw reader"},
-	{"relay", "relay->kafka"},
-	{"poller", "poller->kafka"},
+	{"raw", cRaw},
+	{"relay", cKfake},
+	{"apache", cApache},
+	{"poller", cPoller},
 }
 
 // live measures latency at a fixed write rate: the bare replication
-// reader (the floor), the relay to the broker, then the poller to the
-// broker, each alone.
+// reader (the floor), the relay to kfake and to Apache Kafka, then the
+// poller to kfake, each alone.
 func (e *env) live(ctx context.Context) error {
 	want := map[string]bool{}
 	for _, f := range strings.Split(e.o.live, ",") {
@@ -629,21 +717,21 @@ func (e *env) live(ctx context.Context) error {
 	}
 	for _, lc := range liveConsumers {
 		consumer := lc.consumer
-		if !want[lc.flag] || consumer == "poller->kafka" && e.o.skipPoller {
+		if !want[lc.flag] || consumer == cPoller && e.o.skipPoller || consumer == cApache && e.ak == nil {
 			continue
 		}
 		r := e.liveRun(ctx, consumer)
 		switch {
 		case r.Err != "":
 			log.Printf("[live] %s: FAILED: %s", consumer, r.Err)
-		case consumer == "raw reader":
+		case consumer == cRaw:
 			log.Printf("[live] %-14s %d events at %.0f/s (read %s after the writers stopped): commit-to-received p50 %s p95 %s p99 %s max %s; load %s",
 				consumer, r.Events, r.Achieved, r.Tail.Round(time.Millisecond), ms(r.CommitToReceive.P50), ms(r.CommitToReceive.P95), ms(r.CommitToReceive.P99), ms(r.CommitToReceive.Max), r.Load)
 		default:
-			log.Printf("[live] %-14s %d events at %.0f/s (delivered %s after the writers stopped): insert-to-ack p50 %s p95 %s p99 %s max %s; commit-to-ack p50 %s p99 %s; commit-to-received p50 %s p99 %s; received-to-ack p50 %s p99 %s (published-to-ack p50 %s p99 %s); cpu %s; other processes cpu %s; load %s",
+			log.Printf("[live] %-14s %d events at %.0f/s (delivered %s after the writers stopped): insert-to-ack p50 %s p95 %s p99 %s max %s; commit-to-ack p50 %s p99 %s; commit-to-received p50 %s p99 %s; received-to-ack p50 %s p99 %s (published-to-ack p50 %s p99 %s); cpu %s; broker cpu %s; other processes cpu %s; load %s",
 				consumer, r.Events, r.Achieved, r.Tail.Round(time.Millisecond), ms(r.CreateToAck.P50), ms(r.CreateToAck.P95), ms(r.CreateToAck.P99), ms(r.CreateToAck.Max),
 				ms(r.CommitToAck.P50), ms(r.CommitToAck.P99), ms(r.CommitToReceive.P50), ms(r.CommitToReceive.P99), ms(r.ReceiveToAck.P50), ms(r.ReceiveToAck.P99),
-				ms(r.PublishToAck.P50), ms(r.PublishToAck.P99), r.CPU.Round(time.Millisecond), r.Other.Round(10*time.Millisecond), r.Load)
+				ms(r.PublishToAck.P50), ms(r.PublishToAck.P99), r.CPU.Round(time.Millisecond), r.BrokerCPU.Round(time.Millisecond), r.Other.Round(10*time.Millisecond), r.Load)
 		}
 		e.res.Live = append(e.res.Live, r)
 		if ctx.Err() != nil {
@@ -661,7 +749,7 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 	}
 	e.settle(ctx)
 	const liveSlot = "bench_live"
-	usesSlot := consumer != "poller->kafka"
+	usesSlot := consumer != cPoller
 	var c *child
 	var err error
 	if usesSlot {
@@ -671,32 +759,29 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		}
 		defer e.admin.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, liveSlot)
 	}
+	brokers, brokerPid, kfake, err := e.brokerFor(ctx, consumer)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if kfake != nil {
+		defer kfake.stop(10 * time.Second)
+	}
+	relayName := "relay-live-" + fileTag(consumer)
 	switch consumer {
-	case "raw reader":
+	case cRaw:
 		c, err = e.startRawReader("rawreader-live", liveSlot)
-	case "relay->kafka":
-		b, berr := e.startBroker(ctx)
-		if berr != nil {
-			r.Err = berr.Error()
-			return r
-		}
-		defer b.stop(10 * time.Second)
-		ro := relayOpts{brokers: b.addr, latency: true}
+	case cKfake, cApache:
+		ro := relayOpts{brokers: brokers, latency: true}
 		if e.o.liveProfile {
-			ro.profile = e.logPath("relay-live.pprof")
+			ro.profile = e.logPath(relayName + ".pprof")
 		}
 		if e.o.liveTrace {
-			ro.trace = e.logPath("relay-live.trace")
+			ro.trace = e.logPath(relayName + ".trace")
 		}
-		c, err = e.startRelay("relay-live", liveSlot, "kafka", ro)
+		c, err = e.startRelay(relayName, liveSlot, "kafka", ro)
 	default:
-		b, berr := e.startBroker(ctx)
-		if berr != nil {
-			r.Err = berr.Error()
-			return r
-		}
-		defer b.stop(10 * time.Second)
-		c, err = e.startPoller("poller-live", b.addr, true)
+		c, err = e.startPoller("poller-live", brokers, true)
 	}
 	if err != nil {
 		r.Err = err.Error()
@@ -724,6 +809,10 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		r.Err = "warm-up: " + err.Error()
 		return r
 	}
+	var brokerUsage func() (time.Duration, int64)
+	if brokerPid != 0 {
+		brokerUsage = meter(brokerPid)
+	}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
 	otherBefore := e.otherSnapshot()
 	var n int
@@ -748,13 +837,16 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 	r.Tail = time.Since(writersDone)
 	pgAfter, _ := postgresCPU(e.pg.DataDir())
 	r.PGCPU = pgAfter - pgBefore
+	if brokerUsage != nil {
+		r.BrokerCPU, r.BrokerRSSKiB = brokerUsage()
+	}
 	if err := c.stop(40 * time.Second); err != nil {
 		r.Err = err.Error()
 		return r
 	}
 	r.CPU, r.RSSKiB = c.usage()
-	if consumer == "relay->kafka" && e.o.liveProfile {
-		r.Profile = pprofTop(e.logPath("relay-live.pprof"))
+	if (consumer == cKfake || consumer == cApache) && e.o.liveProfile {
+		r.Profile = pprofTop(e.logPath(relayName + ".pprof"))
 	}
 	st, err := c.readStats()
 	if err != nil {
