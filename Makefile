@@ -12,7 +12,7 @@ test: kafka-jars
 
 # Just the tests against Apache Kafka itself (test/kafkatest/apache.go).
 test-kafka: kafka-jars
-	$(GO) test -race -count=1 -timeout 10m -run 'Apache' ./test/ ./test/kafkatest/
+	$(GO) test -race -count=1 -timeout 15m -run 'Apache' ./test/ ./test/kafkatest/ ./internal/kafkaserver/
 
 # Apache Kafka's jars, fetched with Maven into ~/.cache once (needs Java 17+
 # and Maven); a no-op when they are there.

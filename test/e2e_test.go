@@ -150,17 +150,19 @@ func waitSlotActive(t *testing.T, db *pgtest.DB, slot string) {
 // A relay killed with SIGKILL mid-stream loses nothing when restarted, and
 // repeats only events after the last confirmed LSN.
 func TestCrashLosesNothingAndRepeatsOnlyUnconfirmed(t *testing.T) {
+	crashLosesNothing(t, kafkatest.NewCluster(t).ListenAddrs())
+}
+
+func crashLosesNothing(t *testing.T, brokers []string) {
 	ctx := t.Context()
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 50)
-	cluster := kafkatest.NewCluster(t)
-	brokers := strings.Join(cluster.ListenAddrs(), ",")
-	args := []string{"--pg-url", db.URL, "--kafka-brokers", brokers, "--slot", "crash", "--publication", "crash"}
+	args := []string{"--pg-url", db.URL, "--kafka-brokers", strings.Join(brokers, ","), "--slot", "crash", "--publication", "crash"}
 
 	relay := startRelay(t, args...)
 	waitSlotActive(t, db, "crash")
-	watch := watchConfirmed(t, db, "crash", cluster.ListenAddrs())
+	watch := watchConfirmed(t, db, "crash", brokers)
 
 	start, err := slotConfirmed(ctx, db, "crash")
 	if err != nil {
@@ -210,12 +212,12 @@ func TestCrashLosesNothingAndRepeatsOnlyUnconfirmed(t *testing.T) {
 	readCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	total := sc.total()
-	recs, err := kafkatest.ReadN(readCtx, cluster.ListenAddrs(), topics, total)
+	recs, err := kafkatest.ReadN(readCtx, brokers, topics, total)
 	if err != nil {
 		t.Fatalf("reading: %v", err)
 	}
 	// ReadN returns at least total records; wait for repeats to settle.
-	recs, _ = kafkatest.ReadAll(ctx, cluster.ListenAddrs(), topics, 2*time.Second)
+	recs, _ = kafkatest.ReadAll(ctx, brokers, topics, 2*time.Second)
 	res := sc.check(t, recs)
 	for _, id := range res.duplicates {
 		if safeIDs[id] {
@@ -232,21 +234,23 @@ func TestCrashLosesNothingAndRepeatsOnlyUnconfirmed(t *testing.T) {
 
 // A graceful stop drains and confirms: a restart sends zero duplicates.
 func TestGracefulStopThenRestartSendsNoDuplicates(t *testing.T) {
+	gracefulStopNoDuplicates(t, kafkatest.NewCluster(t).ListenAddrs())
+}
+
+func gracefulStopNoDuplicates(t *testing.T, brokers []string) {
 	ctx := t.Context()
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 50)
-	cluster := kafkatest.NewCluster(t)
-	brokers := strings.Join(cluster.ListenAddrs(), ",")
-	args := []string{"--pg-url", db.URL, "--kafka-brokers", brokers, "--slot", "graceful", "--publication", "graceful"}
+	args := []string{"--pg-url", db.URL, "--kafka-brokers", strings.Join(brokers, ","), "--slot", "graceful", "--publication", "graceful"}
 
 	relay := startRelay(t, args...)
 	waitSlotActive(t, db, "graceful")
-	watch := watchConfirmed(t, db, "graceful", cluster.ListenAddrs())
+	watch := watchConfirmed(t, db, "graceful", brokers)
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- sc.writeConcurrently(ctx, 4, 8000, 30, nil) }()
 	waitFor(t, 60*time.Second, "records flowing", func() (bool, error) {
-		recs, err := kafkatest.ReadAll(ctx, cluster.ListenAddrs(), topics, 200*time.Millisecond)
+		recs, err := kafkatest.ReadAll(ctx, brokers, topics, 200*time.Millisecond)
 		return len(recs) > 1500, err
 	})
 	if code := relay.stop(t, syscall.SIGTERM, 60*time.Second); code != 0 {
@@ -259,7 +263,7 @@ func TestGracefulStopThenRestartSendsNoDuplicates(t *testing.T) {
 	if err := <-writeErr; err != nil {
 		t.Fatalf("writing: %v", err)
 	}
-	recs := sc.readBack(t, cluster.ListenAddrs())
+	recs := sc.readBack(t, brokers)
 	res := sc.check(t, recs)
 	if len(res.duplicates) != 0 {
 		t.Fatalf("graceful stop then restart sent %d duplicates, e.g. %s", len(res.duplicates), res.duplicates[0])

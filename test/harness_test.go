@@ -521,6 +521,7 @@ func watchConfirmed(t *testing.T, db *pgtest.DB, slotName string, brokers []stri
 	go func() {
 		defer close(w.done)
 		defer cl.Close()
+		high := map[string]map[int32]int64{}
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -536,6 +537,19 @@ func watchConfirmed(t *testing.T, db *pgtest.DB, slotName string, brokers []stri
 			ends, err := endOffsets(ctx, cl, topics)
 			if err != nil {
 				continue
+			}
+			// A leader that was frozen and woke up answers with its old
+			// end offset until it learns it was replaced; an end offset
+			// seen once is in the log for good (acks=all, no unclean
+			// election), so keep the highest seen.
+			for tp, ps := range ends {
+				for p, end := range ps {
+					if high[tp] == nil {
+						high[tp] = map[int32]int64{}
+					}
+					high[tp][p] = max(high[tp][p], end)
+					ps[p] = high[tp][p]
+				}
 			}
 			w.mu.Lock()
 			w.polls = append(w.polls, confirmPoll{confirmed: lsn, ends: ends})
