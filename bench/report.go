@@ -248,7 +248,11 @@ func (e *env) writeResults() error {
 	if e.o.pgbench {
 		writers = fmt.Sprintf("pgbench (`-c %d -j 2 -R %d -M prepared`: Poisson arrivals; its CPU is in the table)", e.o.writers, e.o.rate)
 	}
-	w("%d connections insert single-row transactions (synchronous_commit on) at %d/s in total for %s, from %s; each consumer runs alone (the relay and the poller against a fresh kfake broker, the relay also against the Apache Kafka node), after a CHECKPOINT and the kernel's writeback; the live runs come before the backlog drains, on the freshly started server. ", e.o.writers, e.o.rate, e.o.liveDuration, writers)
+	alsoApache := ""
+	if r.Apache != nil {
+		alsoApache = ", the relay also against the Apache Kafka node"
+	}
+	w("%d connections insert single-row transactions (synchronous_commit on) at %d/s in total for %s, from %s; each consumer runs alone (the relay and the poller against a fresh kfake broker%s), after a CHECKPOINT and the kernel's writeback; the live runs come before the backlog drains, on the freshly started server. ", e.o.writers, e.o.rate, e.o.liveDuration, writers, alsoApache)
 	w("**insert-to-ack** = time the broker acknowledged the record (producer callback in the relay; return of `SendMessages` in the poller) minus the row's `created_at` (`now()` of the inserting transaction, a fraction of a millisecond before its commit). ")
 	w("**commit-to-ack** (relay only) = ack time minus the commit timestamp carried in the WAL. Same clock: everything runs on one host.\n\n")
 	w("**tail** = how long after the writers stopped the consumer had delivered everything: near zero when it kept up with the rate; large means it fell behind and the percentiles measure a growing queue, not steady-state latency.\n\n")
