@@ -7,12 +7,15 @@ BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 
 all: lint test
 
+# -parallel 4: the long parallel tests (a broker stalled for minutes, Apache
+# Kafka clusters losing nodes) mostly wait; two at a time on two cores
+# would leave the CPU idle and add minutes.
 test: kafka-jars
-	$(GO) test -race -count=1 -timeout 25m ./...
+	$(GO) test -race -count=1 -parallel 4 -timeout 25m ./...
 
 # Just the tests against Apache Kafka itself (test/kafkatest/apache.go).
 test-kafka: kafka-jars
-	$(GO) test -race -count=1 -timeout 15m -run 'Apache' ./test/ ./test/kafkatest/ ./internal/kafkaserver/
+	$(GO) test -race -count=1 -parallel 4 -timeout 15m -run 'Apache' ./test/ ./test/kafkatest/ ./internal/kafkaserver/
 
 # Apache Kafka's jars, fetched with Maven into ~/.cache once (needs Java 17+
 # and Maven); a no-op when they are there.

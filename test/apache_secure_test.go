@@ -51,6 +51,7 @@ const (
 // The checker runs wherever events flow; the dead-letter topic is read with
 // the admin principal after each case.
 func TestApacheSecureSingleNode(t *testing.T) {
+	t.Parallel()
 	began := time.Now()
 	k := kafkatest.StartApache(t, 1, kafkatest.AutoCreateTopics(false),
 		kafkatest.SASLSSL(map[string]string{secRelayUser: secRelayPassword, secAdminUser: secAdminPassword}, true, secAdminUser))
