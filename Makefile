@@ -35,9 +35,11 @@ build:
 demo: build
 	./bin/outbox-relay demo $(DEMO_FLAGS)
 
-# The end-to-end benchmark: private PostgreSQL, kfake broker and the
-# relay in separate processes; writes bench/results/RESULTS.md and chart.png.
-# BENCH_FLAGS=--quick for a ~1 minute look; `go run ./bench -h` lists the rest.
+# The end-to-end benchmark: private PostgreSQL, the relay against kfake and
+# against a one-node Apache Kafka (the jars of `make kafka-jars`; --no-apache
+# leaves it out), each in its own process; writes bench/results/RESULTS.md
+# and chart.png. BENCH_FLAGS=--quick for a ~2 minute look; `go run ./bench -h`
+# lists the rest.
 BENCH_FLAGS ?=
 bench:
 	$(GO) run ./bench $(BENCH_FLAGS)

@@ -77,7 +77,7 @@ func main() {
 	}
 	var o options
 	fs := flag.NewFlagSet("bench", flag.ExitOnError)
-	fs.BoolVar(&o.quick, "quick", false, "a ~1 minute look: 50,000 events, 5s live runs")
+	fs.BoolVar(&o.quick, "quick", false, "a ~2 minute look: 50,000 events, 5s live runs, a 10s paced warm-up of Apache Kafka")
 	fs.IntVar(&o.events, "events", 0, "events per shape (default 1,000,000; 50,000 with --quick)")
 	fs.IntVar(&o.writers, "writers", 8, "concurrent writers for single-row transactions")
 	fs.IntVar(&o.rate, "rate", 5000, "events/s for the live latency runs")
