@@ -174,7 +174,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 	}
-	e := &env{o: o, exe: exe, res: &results{Started: time.Now(), Options: o, Command: "bench " + strings.Join(os.Args[1:], " "), Inserts: map[string]time.Duration{}, WALBytes: map[string]int64{}}}
+	e := &env{o: o, exe: exe, res: &results{Started: time.Now(), Options: o, Command: commandLine(), Inserts: map[string]time.Duration{}, WALBytes: map[string]int64{}}}
 	e.loads = append(e.loads, loadAverage())
 	log.Printf("load average at start: %s (2 cores: above ~1.5 the numbers are perturbed)", loadAverage())
 
@@ -239,6 +239,19 @@ func run(ctx context.Context, o options) error {
 		e.res.ApacheCPU = e.ak.cpu() - e.ak.cpuAtStart
 	}
 	return e.writeResults()
+}
+
+// commandLine is how the bench was run, for RESULTS.md: make sets
+// MAKELEVEL in the environment of the commands it runs.
+func commandLine() string {
+	args := strings.Join(os.Args[1:], " ")
+	switch {
+	case os.Getenv("MAKELEVEL") != "" && args == "":
+		return "make bench"
+	case os.Getenv("MAKELEVEL") != "":
+		return fmt.Sprintf("make bench BENCH_FLAGS='%s'", args)
+	}
+	return strings.TrimSpace("go run ./bench " + args)
 }
 
 func pgBinDir() string {
