@@ -7,15 +7,15 @@ BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 
 all: lint test
 
-# -parallel 4: the long parallel tests (a broker stalled for minutes, Apache
+# -parallel 3: the long parallel tests (a broker stalled for minutes, Apache
 # Kafka clusters losing nodes) mostly wait; two at a time on two cores
 # would leave the CPU idle and add minutes.
 test: kafka-jars
-	$(GO) test -race -count=1 -parallel 4 -timeout 25m ./...
+	$(GO) test -race -count=1 -parallel 3 -timeout 25m ./...
 
 # Just the tests against Apache Kafka itself (test/kafkatest/apache.go).
 test-kafka: kafka-jars
-	$(GO) test -race -count=1 -parallel 4 -timeout 15m -run 'Apache' ./test/ ./test/kafkatest/ ./internal/kafkaserver/
+	$(GO) test -race -count=1 -parallel 3 -timeout 15m -run 'Apache' ./test/ ./test/kafkatest/ ./internal/kafkaserver/
 
 # Apache Kafka's jars, fetched with Maven into ~/.cache once (needs Java 17+
 # and Maven); a no-op when they are there.
@@ -41,7 +41,7 @@ demo: build
 # and chart.png. BENCH_FLAGS=--quick for a ~2 minute look; `go run ./bench -h`
 # lists the rest.
 BENCH_FLAGS ?=
-bench:
+bench: kafka-jars
 	$(GO) run ./bench $(BENCH_FLAGS)
 
 # The Go micro-benchmarks (decoder, checkpoint, pipeline, sink), with allocs/op.

@@ -215,9 +215,12 @@ func DefaultSettings(nodes int) map[string]string {
 		// The log cleaner (compacted topics) takes 128 MiB of heap by default.
 		"log.cleaner.dedupe.buffer.size": strconv.Itoa(16 << 20),
 		// A node killed and restarted registers again only once the session
-		// of its previous incarnation expired (9 s by default).
-		"broker.heartbeat.interval.ms": "500",
-		"broker.session.timeout.ms":    "4000",
+		// of its previous incarnation expired (9 s by default). The
+		// heartbeat interval is also the timeout of the registration
+		// request: at 500 ms a controller slowed by a loaded machine
+		// answers too late, every time, and the node never registers.
+		"broker.heartbeat.interval.ms": "2000",
+		"broker.session.timeout.ms":    "6000",
 		"num.network.threads":          "2",
 		"num.io.threads":               "4",
 		"background.threads":           "2",
