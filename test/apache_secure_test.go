@@ -65,15 +65,10 @@ func TestApacheSecureSingleNode(t *testing.T) {
 
 	t.Run("scram over verified TLS delivers", func(t *testing.T) {
 		adm.resetTopics(t, nil, topics...)
-		db := pgtest.New(t)
-		migrate(t, db)
-		sc := newScenario(t, db, 20)
 		// Bootstrap through localhost (the certificate's DNS name); the
 		// node advertises 127.0.0.1 (its IP address) for the rest.
 		local := strings.Replace(k.SecureBrokers()[0], "127.0.0.1", "localhost", 1)
-		p := startRelay(t, secureRelayArgs(k, db, "secok", "--kafka-brokers", local)...)
-		waitSlotActive(t, db, "secok")
-		watch := watchConfirmed(t, db, "secok", k.Brokers())
+		db, sc, p, watch := startSecureCase(t, k, "secok", "--kafka-brokers", local)
 		if err := sc.writeConcurrently(t.Context(), 2, 600, 5, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -145,12 +140,7 @@ func TestApacheSecureSingleNode(t *testing.T) {
 		adm.resetTopics(t, nil, topics...)
 		adm.acl(t, false, denied, kmsg.ACLOperationWrite)
 		adm.acl(t, true, denied, kmsg.ACLOperationDescribe)
-		db := pgtest.New(t)
-		migrate(t, db)
-		sc := newScenario(t, db, 20)
-		p := startRelay(t, secureRelayArgs(k, db, "secacl")...)
-		waitSlotActive(t, db, "secacl")
-		watch := watchConfirmed(t, db, "secacl", k.Brokers())
+		db, sc, p, watch := startSecureCase(t, k, "secacl")
 		writing := time.Now()
 		if err := sc.writeConcurrently(t.Context(), 2, 400, 5, nil); err != nil {
 			t.Fatal(err)
@@ -203,12 +193,7 @@ func TestApacheSecureSingleNode(t *testing.T) {
 	t.Run("event over its topic's max.message.bytes is dead-lettered alone", func(t *testing.T) {
 		const limit, bigBytes = 64 << 10, 100 << 10
 		adm.resetTopics(t, map[string]string{"max.message.bytes": fmt.Sprint(limit)}, topics...)
-		db := pgtest.New(t)
-		migrate(t, db)
-		sc := newScenario(t, db, 20)
-		p := startRelay(t, secureRelayArgs(k, db, "secbig")...)
-		waitSlotActive(t, db, "secbig")
-		watch := watchConfirmed(t, db, "secbig", k.Brokers())
+		db, sc, p, watch := startSecureCase(t, k, "secbig")
 		ctx := t.Context()
 		if err := sc.writeConcurrently(ctx, 2, 300, 5, nil); err != nil {
 			t.Fatal(err)
@@ -251,12 +236,7 @@ func TestApacheSecureSingleNode(t *testing.T) {
 	t.Run("missing topic pauses, never dead-letters, then delivers", func(t *testing.T) {
 		const missing = "outbox.customer"
 		adm.resetTopics(t, nil, "outbox.order")
-		db := pgtest.New(t)
-		migrate(t, db)
-		sc := newScenario(t, db, 20)
-		p := startRelay(t, secureRelayArgs(k, db, "secmissing")...)
-		waitSlotActive(t, db, "secmissing")
-		watch := watchConfirmed(t, db, "secmissing", k.Brokers())
+		db, sc, p, watch := startSecureCase(t, k, "secmissing")
 		writing := time.Now()
 		if err := sc.writeConcurrently(t.Context(), 2, 400, 5, nil); err != nil {
 			t.Fatal(err)
@@ -316,6 +296,19 @@ func secureRelayArgs(k *kafkatest.Apache, db *pgtest.DB, slot string, extra ...s
 		"--kafka-tls-ca", k.CAFile(),
 		"--kafka-sasl-mechanism", "SCRAM-SHA-512", "--kafka-sasl-user", secRelayUser, "--kafka-sasl-password", secRelayPassword}
 	return append(args, extra...)
+}
+
+// startSecureCase starts one case: a database with the outbox and 20
+// aggregates, and the relay on slot over SASL_SSL, streaming, with the
+// confirmation watcher on.
+func startSecureCase(t *testing.T, k *kafkatest.Apache, slot string, extra ...string) (*pgtest.DB, *scenario, *relayProc, *confirmWatcher) {
+	t.Helper()
+	db := pgtest.New(t)
+	migrate(t, db)
+	sc := newScenario(t, db, 20)
+	p := startRelay(t, secureRelayArgs(k, db, slot, extra...)...)
+	waitSlotActive(t, db, slot)
+	return db, sc, p, watchConfirmed(t, db, slot, k.Brokers())
 }
 
 // settleApache waits until the relay confirmed everything the scenario

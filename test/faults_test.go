@@ -9,15 +9,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -1030,7 +1023,7 @@ func TestFaultVerifyFullWrongCA(t *testing.T) {
 	migrate(t, db)
 	dir := t.TempDir()
 	rightCA := enableSSL(t, srv)
-	wrongCA, _, _ := newCA(t, "wrong CA")
+	wrongCA := kafkatest.NewCA(t, "wrong CA").PEM
 	wrongPath := filepath.Join(dir, "wrong-ca.pem")
 	if err := os.WriteFile(wrongPath, wrongCA, 0o644); err != nil {
 		t.Fatal(err)
@@ -1118,66 +1111,18 @@ func TestFaultVerifyFullWrongCA(t *testing.T) {
 	}
 }
 
-// newCA makes a self-signed CA: PEM certificate, certificate and key.
-func newCA(t *testing.T, name string) ([]byte, *x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), cert, key
-}
-
 // enableSSL issues a server certificate for 127.0.0.1 from a new CA, installs
 // it in the data directory, turns ssl on and restarts; it returns the CA PEM.
 func enableSSL(t *testing.T, srv *pgserver.Server) []byte {
 	t.Helper()
-	caPEM, ca, caKey := newCA(t, "outbox-relay test CA")
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano() + 1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := kafkatest.NewCA(t, "outbox-relay test CA")
+	certPEM, keyPEM := ca.ServerCert(t, "127.0.0.1", "localhost")
 	certPath := filepath.Join(srv.DataDir(), "server.crt")
 	keyPath := filepath.Join(srv.DataDir(), "server.key")
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := os.WriteFile(certPath, certPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := os.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if os.Geteuid() == 0 {
@@ -1206,5 +1151,5 @@ func enableSSL(t *testing.T, srv *pgserver.Server) []byte {
 	if err := srv.Restart(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
-	return caPEM
+	return ca.PEM
 }
