@@ -72,13 +72,10 @@ func TestApacheSecureSingleNode(t *testing.T) {
 		if err := sc.writeConcurrently(t.Context(), 2, 600, 5, nil); err != nil {
 			t.Fatal(err)
 		}
-		recs := settleApache(t, k, db, "secok", sc)
-		res := sc.check(t, recs)
-		checked := watch.check(t, sc, recs)
+		res, checked := settleSecureCase(t, k, adm, db, "secok", sc, p, watch)
 		if len(res.duplicates) != 0 {
 			t.Fatalf("%d repeats without a fault", len(res.duplicates))
 		}
-		adm.noDeadLetters(t)
 		out := p.out.String()
 		if !strings.Contains(out, "tls=true") || !strings.Contains(out, "mechanism=SCRAM-SHA-512") {
 			t.Fatalf("the relay did not say it connected with TLS and SCRAM-SHA-512:\n%s", tail(out, 20))
@@ -170,21 +167,8 @@ func TestApacheSecureSingleNode(t *testing.T) {
 		})
 		adm.acl(t, true, denied, kmsg.ACLOperationWrite)
 		granted := time.Now()
-		var resumed time.Time
-		waitFor(t, 90*time.Second, "the first event on "+denied, func() (bool, error) {
-			n, err := adm.endOffset(t.Context(), denied)
-			if n > 0 {
-				resumed = time.Now()
-			}
-			return n > 0, err
-		})
-		recs := settleApache(t, k, db, "secacl", sc)
-		res := sc.check(t, recs)
-		checked := watch.check(t, sc, recs)
-		adm.noDeadLetters(t)
-		if p.exited() {
-			t.Fatal("the relay exited on a missing ACL")
-		}
+		resumed := adm.firstEventAt(t, denied)
+		res, checked := settleSecureCase(t, k, adm, db, "secacl", sc, p, watch)
 		t.Logf("missing WRITE ACL: %d written, %d delivered, %d repeats (%d sessions ended); %s paused %s (from the first write to its first event), the ACL named after %s, delivery %s after the grant; %d confirmations checked",
 			sc.total(), res.delivered, len(res.duplicates), strings.Count(p.out.String(), "session ended; reconnecting"),
 			denied, resumed.Sub(writing).Round(time.Millisecond), namedAt.Sub(writing).Round(time.Millisecond), resumed.Sub(granted).Round(time.Millisecond), checked)
@@ -261,21 +245,8 @@ func TestApacheSecureSingleNode(t *testing.T) {
 		adm.noDeadLetters(t)
 		adm.createTopic(t, missing, nil)
 		created := time.Now()
-		var resumed time.Time
-		waitFor(t, 90*time.Second, "the first event on "+missing, func() (bool, error) {
-			n, err := adm.endOffset(t.Context(), missing)
-			if n > 0 {
-				resumed = time.Now()
-			}
-			return n > 0, err
-		})
-		recs := settleApache(t, k, db, "secmissing", sc)
-		res := sc.check(t, recs)
-		checked := watch.check(t, sc, recs)
-		adm.noDeadLetters(t)
-		if p.exited() {
-			t.Fatal("the relay exited on a missing topic")
-		}
+		resumed := adm.firstEventAt(t, missing)
+		res, checked := settleSecureCase(t, k, adm, db, "secmissing", sc, p, watch)
 		// Nothing failed: the relay waited for the topic where it was.
 		if len(res.duplicates) != 0 || strings.Contains(p.out.String(), "session ended; reconnecting") {
 			t.Fatalf("%d repeats, sessions restarted %d times while waiting for the topic",
@@ -285,6 +256,21 @@ func TestApacheSecureSingleNode(t *testing.T) {
 			sc.total(), res.delivered, len(res.duplicates), strings.Count(p.out.String(), "session ended; reconnecting"),
 			missing, resumed.Sub(writing).Round(time.Millisecond), namedAt.Sub(writing).Round(time.Millisecond), resumed.Sub(created).Round(time.Millisecond), checked)
 	})
+}
+
+// settleSecureCase reads back everything a case wrote once the relay
+// confirmed it, runs the checker and the confirmation watcher's check, and
+// fails if anything was dead-lettered or the relay exited.
+func settleSecureCase(t *testing.T, k *kafkatest.Apache, adm *secureAdmin, db *pgtest.DB, slot string, sc *scenario, p *relayProc, watch *confirmWatcher) (checkResult, int) {
+	t.Helper()
+	recs := settleApache(t, k, db, slot, sc)
+	res := sc.check(t, recs)
+	checked := watch.check(t, sc, recs)
+	adm.noDeadLetters(t)
+	if p.exited() {
+		t.Fatalf("the relay exited:\n%s", tail(p.out.String(), 20))
+	}
+	return res, checked
 }
 
 // secureRelayArgs are the flags of a relay on the node's SASL_SSL listener
@@ -479,6 +465,21 @@ func (a *secureAdmin) acl(t *testing.T, allow bool, topic string, ops ...kmsg.AC
 }
 
 // endOffset returns the sum of the end offsets of topic's partitions.
+// firstEventAt waits for the first record on topic and returns when it
+// was seen.
+func (a *secureAdmin) firstEventAt(t *testing.T, topic string) time.Time {
+	t.Helper()
+	var at time.Time
+	waitFor(t, 90*time.Second, "the first event on "+topic, func() (bool, error) {
+		n, err := a.endOffset(t.Context(), topic)
+		if n > 0 {
+			at = time.Now()
+		}
+		return n > 0, err
+	})
+	return at
+}
+
 func (a *secureAdmin) endOffset(ctx context.Context, topic string) (int64, error) {
 	ends, err := endOffsets(ctx, a.cl, []string{topic})
 	var n int64
