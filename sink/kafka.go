@@ -164,6 +164,9 @@ type KafkaConfig struct {
 	TLS KafkaTLS
 	// SASL authenticates the client; the zero value is none.
 	SASL KafkaSASL
+	// Transaction, with an ID, makes the sink exactly-once: records are
+	// published in Kafka transactions that Commit ends (kafka_txn.go).
+	Transaction KafkaTransaction
 	// Logger receives the sink's few log lines. Default: discard.
 	Logger *slog.Logger
 }
@@ -214,6 +217,9 @@ func (c KafkaConfig) withDefaults() KafkaConfig {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Transaction.Enabled() {
+		c.Transaction = c.Transaction.withDefaults()
 	}
 	return c
 }
@@ -353,6 +359,20 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 		}
 		return min(metadataBackoff<<min(retries, 4), 2*time.Second)
 	}
+	if c.Transaction.Enabled() {
+		if err := c.Transaction.validate(); err != nil {
+			return nil, err
+		}
+		sc.Producer.Transaction.ID = c.Transaction.ID
+		sc.Producer.Transaction.Timeout = c.Transaction.Timeout
+		txnBackoff := sc.Producer.Transaction.Retry.Backoff
+		sc.Producer.Transaction.Retry.BackoffFunc = func(retries, _ int) time.Duration {
+			if d.aborted.Load() {
+				return 0
+			}
+			return min(txnBackoff<<min(retries, 4), time.Second)
+		}
+	}
 	if err := sc.Validate(); err != nil {
 		return nil, fmt.Errorf("kafka producer configuration: %w", err)
 	}
@@ -423,6 +443,13 @@ type Kafka struct {
 	lastProgress atomic.Int64
 	stallWarning time.Duration
 	checking     atomic.Bool // a checkFrozen runs
+
+	// txn is the open Kafka transaction; nil unless transactional.
+	txn        *txnState
+	txnConf    KafkaTransaction
+	committing atomic.Bool // a Commit runs
+	// abortErr, if set, is the error Abort fails the pending acks with.
+	abortErr atomic.Pointer[error]
 }
 
 // NewKafka connects to the brokers and starts the producer and its ack
@@ -485,9 +512,18 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		clientDone:      make(chan struct{}),
 		stallWarning:    cfg.StallWarning,
 	}
+	if cfg.Transaction.Enabled() {
+		k.txn, k.txnConf = newTxnState(), cfg.Transaction
+	}
 	k.lastProgress.Store(time.Now().UnixNano())
 	go k.acks()
 	go k.watchStalls()
+	if k.txn != nil {
+		if err := k.ensureCheckpointTopic(); err != nil {
+			k.Abort()
+			return nil, err
+		}
+	}
 	k.log.Info("connected to Kafka", "brokers", brokers, "client_id", cfg.ClientID, "version", cfg.Version, "max_in_flight", cfg.MaxInFlight,
 		"max_message_bytes", cfg.MaxMessageBytes, "compression", cfg.Compression, "tls", cfg.TLS.Enabled(), "sasl", cfg.SASL)
 	return k, nil
@@ -667,6 +703,13 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 		// Nothing else in flight: a stall is measured from now.
 		k.lastProgress.Store(time.Now().UnixNano())
 	}
+	if k.txn != nil {
+		if err := k.beginRecord(); err != nil {
+			k.room.release(r)
+			<-k.slots
+			return err
+		}
+	}
 	// Listed before the producer has it, so that its ack cannot come first.
 	k.pending.add(r)
 	k.mu.RLock()
@@ -690,6 +733,9 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 func (k *Kafka) takeBack(r *record, err error) error {
 	if !k.pending.remove(r) {
 		return nil
+	}
+	if k.txn != nil {
+		k.unsent()
 	}
 	k.room.release(r)
 	<-k.slots
@@ -972,6 +1018,10 @@ func (k *Kafka) InFlight() int { return len(k.slots) }
 // pending and Close returns then. Close and Abort are safe to call in any
 // order, concurrently and more than once.
 func (k *Kafka) Close() error {
+	if k.txn != nil && k.txnOpen() {
+		// Never committed: the caller commits before it closes.
+		k.abortTxn(errors.New("the sink closed before the transaction was committed"))
+	}
 	k.stop()
 	select {
 	case <-k.ackDone:
@@ -1003,6 +1053,21 @@ func (k *Kafka) Close() error {
 // later calls return once the first has.
 func (k *Kafka) Abort() {
 	k.abortOnce.Do(k.abort)
+}
+
+// abortWith is Abort, with cause as the error the pending acks get
+// (wrapped in a *RecordError) if this is the first Abort.
+func (k *Kafka) abortWith(cause error) {
+	k.abortErr.CompareAndSwap(nil, &cause)
+	k.Abort()
+}
+
+// abortCause is the error Abort gives the pending acks.
+func (k *Kafka) abortCause() error {
+	if p := k.abortErr.Load(); p != nil {
+		return *p
+	}
+	return ErrAborted
 }
 
 func (k *Kafka) abort() {
@@ -1086,6 +1151,10 @@ func (k *Kafka) acks() {
 			k.lastProgress.Store(time.Now().UnixNano())
 			if r := msg.Metadata.(*record); k.pending.remove(r) {
 				k.room.release(r)
+				if k.txn != nil {
+					k.txn.returnedRecord(r, nil) // acked by Commit
+					continue
+				}
 				r.done(nil)
 				<-k.slots
 			}
@@ -1099,6 +1168,10 @@ func (k *Kafka) acks() {
 				// record waiting for the room can pass the failure.
 				err := k.failure(r, pe.Err)
 				k.room.release(r)
+				if k.txn != nil {
+					k.txn.returnedRecord(r, err) // fails the commit
+					continue
+				}
 				r.done(err)
 				<-k.slots
 			}
@@ -1109,10 +1182,17 @@ func (k *Kafka) acks() {
 // failPending calls the ack of every pending record with ErrAborted, for
 // Abort.
 func (k *Kafka) failPending() {
-	for _, r := range k.pending.takeAll() {
+	rs := k.pending.takeAll()
+	if k.txn != nil {
+		// Returned records of the open transaction: never committed now.
+		rs = append(k.txn.take(), rs...)
+	}
+	for _, r := range rs {
 		k.room.release(r)
-		r.done(&RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: ErrAborted})
-		<-k.slots
+		r.done(&RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: k.abortCause()})
+		if !r.noSlot {
+			<-k.slots
+		}
 	}
 	close(k.abortedAcks)
 }
@@ -1154,6 +1234,15 @@ func (k *Kafka) watchStalls() {
 		case <-k.abortReq:
 			return
 		case <-tick.C:
+		}
+		if !k.committing.Load() && k.txnFatal() {
+			// Fenced, most likely, while publishing: sarama would retry for
+			// hours and the pipeline wait at the in-flight cap. (A commit
+			// in progress sees it too, and says why.)
+			cause := k.txnError("publishing in a Kafka transaction", k.txn.firstError())
+			k.log.Warn("the Kafka transaction cannot go on; aborting the producer", "err", cause)
+			go k.abortWith(cause)
+			return
 		}
 		inFlight := len(k.slots)
 		since := time.Since(time.Unix(0, k.lastProgress.Load()))

@@ -65,7 +65,8 @@ func Classify(err error) ErrorClass {
 		return ClassInfra
 	// Checked first: these wrap the error of another record, which may be
 	// record class.
-	case errors.Is(err, ErrPartitionBlocked), errors.Is(err, ErrAborted), errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrPartitionBlocked), errors.Is(err, ErrAborted), errors.Is(err, ErrClosed),
+		errors.Is(err, ErrTxnAborted), errors.Is(err, ErrFenced):
 		return ClassInfra
 	case errors.Is(err, ErrRecordTooLarge), errors.Is(err, ErrRecordTooLargeForTopic), errors.Is(err, ErrInvalidTopicName):
 		return ClassRecord

@@ -51,6 +51,12 @@ type record struct {
 	prev, next *record
 	pending    bool
 
+	// noSlot: the record holds no in-flight slot (a checkpoint record).
+	noSlot bool
+	// txnErr is the record's error in a transaction, kept until the
+	// transaction ends (kafka_txn.go).
+	txnErr error
+
 	headers [inlineHeaders]sarama.RecordHeader
 }
 
