@@ -46,6 +46,11 @@ type pipeline struct {
 	// without it a poison event stops the relay (OnErrorStop).
 	deadLetters *deadLetters
 
+	// eos, if set, publishes in broker transactions (exactlyonce.go);
+	// poisoned holds the events a broker rejected inside one.
+	eos      *txnDriver
+	poisoned *knownPoison
+
 	// unconfirmed counts the events of transactions not known to be
 	// confirmed, to say how many a stop leaves to be sent again.
 	unconfirmed unconfirmedLog
@@ -109,8 +114,17 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, r
 		progressTick = ticker.C
 	}
 	lastTick, lastPublished := time.Now(), p.published
+	var lingered <-chan time.Time
+	if p.eos != nil {
+		lingered = p.eos.expired()
+	}
 	for {
 		select {
+		case <-lingered:
+			// The stream went quiet with a broker transaction open.
+			if err := p.eos.lingered(pubCtx, p.inTxn); err != nil {
+				return err
+			}
 		case now := <-progressTick:
 			p.logProgress(now.Sub(lastTick), p.published-lastPublished)
 			lastTick, lastPublished = now, p.published
@@ -165,7 +179,13 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 		p.tracker.Begin()
 		p.commits.add(op.CommitLSN, op.CommitTime)
 		p.inTxn = true
+		if p.eos != nil {
+			p.eos.begin(op.CommitLSN)
+		}
 	case decoder.KindEvent:
+		if p.eos != nil && p.eos.nextRow() {
+			return nil // in Kafka already, committed
+		}
 		if p.skips.skip(op.Event.ID, m.WALStart) {
 			p.log.Warn("skipping event as `outbox-relay slot skip` recorded", "slot", p.slot, "event_id", op.Event.ID, "lsn", m.WALStart)
 			return nil
@@ -174,14 +194,38 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 			p.log.Info("skipping event already sent to the dead-letter topic", "slot", p.slot, "event_id", op.Event.ID, "lsn", m.WALStart)
 			return nil
 		}
+		if p.eos != nil {
+			if err := p.eos.makeRoom(ctx, int64(estimateSize(&op.Event))); err != nil {
+				return err
+			}
+			if cause := p.poisoned.get(op.Event.ID); cause != nil {
+				return p.setAside(ctx, op.Event, cause)
+			}
+		}
 		return p.publish(ctx, op.Event, m.ReceivedAt)
 	case decoder.KindCommit:
 		p.tracker.Commit(op.EndLSN)
 		p.unconfirmed.commit(op.EndLSN, p.tracker.Safe())
 		p.obs.TransactionDecoded()
 		p.inTxn = false
+		if p.eos != nil {
+			return p.eos.committed(ctx, op.EndLSN)
+		}
 	}
 	return nil
+}
+
+// setAside dead-letters (or stops at) an event a broker rejected inside an
+// earlier, aborted, broker transaction: in stream order, in this one.
+func (p *pipeline) setAside(ctx context.Context, ev decoder.Event, cause error) error {
+	size := int64(estimateSize(&ev))
+	if err := p.budget.acquire(ctx, size); err != nil {
+		return err
+	}
+	tok := p.tracker.Add()
+	p.unconfirmed.add()
+	evCopy := ev
+	return p.poison(ctx, poison{ev: &evCopy, lsn: ev.LSN, err: cause}, tok, size)
 }
 
 // publish hands one event to the publisher, within the byte budget.
@@ -214,11 +258,17 @@ func (p *pipeline) publish(ctx context.Context, ev decoder.Event, receivedAt tim
 	}
 	p.published++
 	p.publishedTotal.Add(1)
+	if p.eos != nil {
+		p.eos.published(size)
+	}
 	return nil
 }
 
 // poisonRow handles a row the decoder could not turn into an event.
 func (p *pipeline) poisonRow(ctx context.Context, row *decoder.RowError) error {
+	if p.eos != nil && p.eos.nextRow() {
+		return nil // its dead letter is in Kafka already, committed
+	}
 	if p.skips.skip(row.EventID, row.LSN) {
 		p.log.Warn("skipping row as `outbox-relay slot skip` recorded", "slot", p.slot, "event_id", row.EventID, "lsn", row.LSN, "err", row)
 		return nil
@@ -244,11 +294,19 @@ func (p *pipeline) poison(ctx context.Context, pz poison, tok checkpoint.Token, 
 	if p.deadLetters == nil {
 		return pz.stop(p.slot, pz.err)
 	}
+	if p.eos != nil {
+		if err := p.eos.makeRoom(ctx, size); err != nil {
+			return err
+		}
+	}
 	if err := p.deadLetters.publish(ctx, deadLetter{pz: pz, tok: tok, size: size}, p.fail); err != nil {
 		return err
 	}
 	p.published++
 	p.publishedTotal.Add(1)
+	if p.eos != nil {
+		p.eos.published(size)
+	}
 	return nil
 }
 
@@ -284,6 +342,13 @@ func (in *inflight) acked(err error) {
 	p := in.p
 	if err != nil {
 		p.obs.PublishFailed(ReasonRejected)
+		if isRejected(err) && p.eos != nil {
+			// Its broker transaction is aborted: the next session sets the
+			// event aside in order, in a transaction of its own.
+			p.poisoned.add(in.ev.ID, err)
+			p.fail(fmt.Errorf("event %s was rejected inside a Kafka transaction, which is aborted; the next session sets it aside in stream order: %w", in.ev.ID, err))
+			return
+		}
 		if isRejected(err) {
 			pz := poison{ev: &in.ev, lsn: in.ev.LSN, err: err}
 			if p.deadLetters == nil {

@@ -103,6 +103,16 @@ type Config struct {
 	// that would be larger is cut down (see HeaderTruncated). It should be
 	// the broker's record limit. Default DefaultDeadLetterMaxBytes.
 	DeadLetterMaxBytes int
+	// ExactlyOnce publishes in broker transactions, each ending with a
+	// checkpoint of how far the stream is published (exactlyonce.go); the
+	// publisher must be a TransactionalPublisher. TxnMaxEvents,
+	// TxnMaxBytes and TxnLinger bound a broker transaction: defaults
+	// DefaultTxnMaxEvents, DefaultTxnMaxBytes (at most half of
+	// MaxInFlightBytes) and DefaultTxnLinger.
+	ExactlyOnce  bool
+	TxnMaxEvents int
+	TxnMaxBytes  int64
+	TxnLinger    time.Duration
 	// PruneAfter, if positive, makes the relay delete outbox rows older
 	// than this (by the created_at column) once it has confirmed the
 	// transactions that inserted them. 0 leaves the table alone.
@@ -131,6 +141,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInFlightBytes < 0 || c.DeadLetterMaxBytes < 0 {
 		return errors.New("max in-flight bytes and dead-letter max bytes must not be negative")
+	}
+	if c.TxnMaxEvents < 0 || c.TxnMaxBytes < 0 || c.TxnLinger < 0 {
+		return errors.New("transaction max events, max bytes and linger must not be negative")
+	}
+	if c.MaxInFlightBytes > 0 && c.TxnMaxBytes > c.MaxInFlightBytes/2 {
+		return fmt.Errorf("transaction max bytes %d is above half the in-flight byte budget (%d): a transaction's events stay in flight until it commits", c.TxnMaxBytes, c.MaxInFlightBytes)
 	}
 	if c.PruneAfter < 0 {
 		return fmt.Errorf("prune-after %s is negative (0 turns pruning off)", c.PruneAfter)
@@ -179,6 +195,8 @@ type Relay struct {
 	prevPublisher <-chan struct{}
 	// deadLettered outlives sessions: see its type.
 	deadLettered deadLettered
+	// poisoned outlives sessions: see its type.
+	poisoned knownPoison
 }
 
 // New checks cfg and returns a relay ready to Run.
@@ -206,6 +224,15 @@ func New(cfg Config, publish NewPublisher) (*Relay, error) {
 	}
 	if cfg.DeadLetterMaxBytes == 0 {
 		cfg.DeadLetterMaxBytes = DefaultDeadLetterMaxBytes
+	}
+	if cfg.TxnMaxEvents == 0 {
+		cfg.TxnMaxEvents = DefaultTxnMaxEvents
+	}
+	if cfg.TxnMaxBytes == 0 {
+		cfg.TxnMaxBytes = min(DefaultTxnMaxBytes, cfg.MaxInFlightBytes/2)
+	}
+	if cfg.TxnLinger == 0 {
+		cfg.TxnLinger = DefaultTxnLinger
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -54,12 +54,18 @@ func (r *Relay) session(ctx context.Context) error {
 	clock := newStopClock(ctx, r.cfg.ShutdownTimeout)
 	defer clock.close()
 	p, err := r.newPipeline(stream, pub, tracker, skips)
+	if err == nil && r.cfg.ExactlyOnce {
+		err = r.startTransactions(ctx, p, stream, start)
+	}
 	if err != nil {
 		r.drain(pub, time.Now())
 		rd.stop(r.cfg.ShutdownTimeout)
 		return err
 	}
 	runErr := r.stream(ctx, p, rd, clock)
+	if p.eos != nil {
+		runErr = r.endTransactions(p, clock, runErr)
+	}
 
 	// Phase two: drain the publisher (abort it if it cannot drain in
 	// time), then confirm what is safe and close.

@@ -279,6 +279,19 @@ func raise(v *atomic.Uint64, lsn pglogrepl.LSN) {
 	}
 }
 
+// System identifies the database a stream's positions belong to.
+type System struct {
+	// SystemID is the database cluster's system identifier.
+	SystemID string
+	// Timeline is the server's current timeline.
+	Timeline int32
+}
+
+// System is what IDENTIFY_SYSTEM said when the stream connected.
+func (s *Stream) System() System {
+	return System{SystemID: s.system.SystemID, Timeline: s.system.Timeline}
+}
+
 // PID is the walsender's process id, as pg_stat_replication shows it.
 func (s *Stream) PID() uint32 { return s.conn.PID() }
 

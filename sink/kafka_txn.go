@@ -358,7 +358,11 @@ func (k *Kafka) abortTxn(cause error) {
 		go func() { done <- k.producer.AbortTxn() }()
 		select {
 		case err := <-done:
-			if err != nil {
+			switch {
+			case isFenced(err):
+				k.log.Warn("fenced: another producer with this transactional id took over; nothing of this producer's open transaction becomes visible",
+					"transactional_id", k.txnConf.ID, "err", err)
+			case err != nil:
 				k.log.Info("aborting the Kafka transaction", "err", err)
 			}
 		case <-time.After(abortWait):

@@ -565,7 +565,8 @@ func (w *confirmWatcher) close() {
 	<-w.done
 }
 
-// endOffsets lists the end offset of every partition of the topics.
+// endOffsets lists the end offset of every partition of the topics, as a
+// consumer reading committed data sees it.
 func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[string]map[int32]int64, error) {
 	meta := kmsg.NewPtrMetadataRequest()
 	for _, tp := range topics {
@@ -578,6 +579,9 @@ func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[strin
 		return nil, err
 	}
 	req := kmsg.NewPtrListOffsetsRequest()
+	// The last stable offset: what a consumer reading committed data can
+	// see (the high watermark, with no transactions open).
+	req.IsolationLevel = 1
 	for _, mt := range mresp.Topics {
 		if mt.ErrorCode != 0 || mt.Topic == nil {
 			continue // topic not created yet: nothing published to it

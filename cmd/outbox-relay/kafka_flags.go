@@ -52,6 +52,38 @@ func kafkaFlags() []cli.Flag {
 		// shows no value from the environment or the command line either).
 		&cli.StringFlag{Name: "kafka-sasl-password", EnvVars: env("KAFKA_SASL_PASSWORD"),
 			Usage: "SASL password; prefer the environment variable to the command line, where ps shows it"},
+
+		&cli.BoolFlag{Name: "exactly-once", EnvVars: env("EXACTLY_ONCE"),
+			Usage: "publish in Kafka transactions with a checkpoint in each: consumers reading committed data (isolation.level=read_committed) see every event once, also after a crash"},
+		&cli.StringFlag{Name: "kafka-transactional-id", EnvVars: env("KAFKA_TRANSACTIONAL_ID"),
+			Usage: "transactional.id with --exactly-once (default: outbox-relay-<slot>); a relay started with the same id fences the old one"},
+		&cli.StringFlag{Name: "kafka-checkpoint-topic", Value: sink.DefaultCheckpointTopic, EnvVars: env("KAFKA_CHECKPOINT_TOPIC"),
+			Usage: "compacted topic of the --exactly-once checkpoints, keyed by slot (created when missing)"},
+		&cli.IntFlag{Name: "kafka-txn-max-events", Value: relay.DefaultTxnMaxEvents, EnvVars: env("KAFKA_TXN_MAX_EVENTS"),
+			Usage: "with --exactly-once, commit a Kafka transaction once it holds this many events (at most half of --max-in-flight)"},
+		&cli.Int64Flag{Name: "kafka-txn-max-bytes", Value: relay.DefaultTxnMaxBytes, EnvVars: env("KAFKA_TXN_MAX_BYTES"),
+			Usage: "with --exactly-once, commit a Kafka transaction once it holds this many bytes (at most half of --max-in-flight-bytes)"},
+		&cli.DurationFlag{Name: "kafka-txn-linger", Value: relay.DefaultTxnLinger, EnvVars: env("KAFKA_TXN_LINGER"),
+			Usage: "with --exactly-once, commit a Kafka transaction this long after its first event, at the next PostgreSQL commit, or when the stream goes quiet"},
+		&cli.DurationFlag{Name: "kafka-txn-timeout", Value: sink.DefaultTransactionTimeout, EnvVars: env("KAFKA_TXN_TIMEOUT"),
+			Usage: "with --exactly-once, transaction.timeout.ms: the broker aborts a transaction left open this long"},
+	}
+}
+
+// kafkaTransaction is the --exactly-once part of the Kafka settings.
+func kafkaTransaction(c *cli.Context) sink.KafkaTransaction {
+	if !c.Bool("exactly-once") {
+		return sink.KafkaTransaction{}
+	}
+	id := c.String("kafka-transactional-id")
+	if id == "" {
+		id = "outbox-relay-" + c.String("slot")
+	}
+	return sink.KafkaTransaction{
+		ID:              id,
+		CheckpointTopic: c.String("kafka-checkpoint-topic"),
+		CheckpointKey:   c.String("slot"),
+		Timeout:         c.Duration("kafka-txn-timeout"),
 	}
 }
 
@@ -81,7 +113,8 @@ func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
 			Password:       c.String("kafka-sasl-password"),
 			AllowPlaintext: c.Bool("kafka-sasl-allow-plaintext"),
 		},
-		Logger: log,
+		Transaction: kafkaTransaction(c),
+		Logger:      log,
 	}
 	if err := cfg.Validate(); err != nil {
 		return sink.KafkaConfig{}, usageErr(err)

@@ -165,6 +165,21 @@ func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, error) {
 	default:
 		cfg.OnError = onErr
 	}
+	if c.Bool("exactly-once") {
+		if !kafka {
+			return relay.Config{}, usagef("--exactly-once works with --sink kafka only (for %s, see README.md: Exactly once)", c.String("sink"))
+		}
+		cfg.ExactlyOnce = true
+		cfg.TxnMaxEvents = c.Int("kafka-txn-max-events")
+		cfg.TxnMaxBytes = c.Int64("kafka-txn-max-bytes")
+		cfg.TxnLinger = c.Duration("kafka-txn-linger")
+		if n := c.Int("max-in-flight"); cfg.TxnMaxEvents < 1 || cfg.TxnMaxEvents > n/2 {
+			return relay.Config{}, usagef("--kafka-txn-max-events %d must be between 1 and half of --max-in-flight (%d): a transaction's events stay in flight until it commits", cfg.TxnMaxEvents, n/2)
+		}
+		if cfg.TxnMaxBytes < 1 || cfg.TxnLinger <= 0 {
+			return relay.Config{}, usagef("--kafka-txn-max-bytes and --kafka-txn-linger must be positive")
+		}
+	}
 	if cfg.MaxInFlightBytes < 1 {
 		return relay.Config{}, usagef("--max-in-flight-bytes %d is below 1", cfg.MaxInFlightBytes)
 	}
