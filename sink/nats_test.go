@@ -3,7 +3,6 @@ package sink
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -11,16 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// natsURL is the test server: OUTBOX_RELAY_NATS_URL or the local default
-// that .ci/run starts.
-func natsURL(t *testing.T) string {
-	t.Helper()
-	if u := os.Getenv("OUTBOX_RELAY_NATS_URL"); u != "" {
-		return u
-	}
-	return "nats://127.0.0.1:4222"
-}
 
 // uniqueName returns a name no other test run uses.
 func uniqueName(prefix string) string {
