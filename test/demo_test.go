@@ -16,7 +16,7 @@ import (
 func TestDemoDeliversEventsAndCleansUp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, relayBin, "demo", "--duration", "5s", "--rate", "200").CombinedOutput()
+	out, err := relayCmd(ctx, "demo", "--duration", "5s", "--rate", "200").CombinedOutput()
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}

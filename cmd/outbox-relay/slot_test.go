@@ -1,13 +1,9 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
 )
@@ -107,25 +103,12 @@ func TestSlotCreateExitCodes(t *testing.T) {
 	}
 }
 
-// systemURL is the machine's own PostgreSQL, configured with wal_level =
-// replica. The test only reads from it: slot create stops at the check.
-const systemURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&connect_timeout=5"
-
+// slot create on a server with wal_level = replica stops at the check, says
+// what to change and exits 2.
 func TestSlotCreateOnWALLevelReplicaExitsTwo(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, systemURL)
-	if err != nil {
-		t.Skipf("no PostgreSQL at 127.0.0.1:5432: %v", err)
-	}
-	var level string
-	err = conn.QueryRow(ctx, "show wal_level").Scan(&level)
-	conn.Close(context.Background())
-	if err != nil || level != "replica" {
-		t.Skipf("the server at 127.0.0.1:5432 has wal_level %q (%v), not replica", level, err)
-	}
-	args := []string{"slot", "create", "--pg-url", systemURL, "--slot", "never_created"}
-	_, err = runOutput(t, args...)
+	srv := pgtest.NewServer(t, map[string]string{"wal_level": "replica"})
+	args := []string{"slot", "create", "--pg-url", srv.URL("postgres"), "--slot", "never_created"}
+	_, err := runOutput(t, args...)
 	if err == nil || !strings.Contains(err.Error(), "wal_level is 'replica'; set wal_level = logical") {
 		t.Errorf("slot create: %v", err)
 	}
