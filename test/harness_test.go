@@ -129,11 +129,14 @@ func launchRelay(t *testing.T, bin string, args ...string) *relayProc {
 }
 
 // relayEnv is the environment for a relay under test: this process's,
-// without the relay's own OUTBOX_RELAY_* variables, so that a shell set up
+// without the relay's own OUTBOX_RELAY_* settings, so that a shell set up
 // for a real relay cannot point a test's relay at a real broker or
-// database. Tests pass everything as flags.
+// database. Tests pass everything as flags. OUTBOX_RELAY_PG_BIN stays: it
+// only says where the PostgreSQL binaries are (for the demo).
 func relayEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "OUTBOX_RELAY_") })
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "OUTBOX_RELAY_") && !strings.HasPrefix(kv, "OUTBOX_RELAY_PG_BIN=")
+	})
 }
 
 // relayCmd is `outbox-relay args...` with relayEnv.
