@@ -17,10 +17,10 @@ func slotCommand() *cli.Command {
 		Name:  "slot",
 		Usage: "manage the publication and the logical replication slot",
 		Subcommands: []*cli.Command{
-			slotCreateCommand(),
-			slotDropCommand(),
-			slotListCommand(),
-			slotSkipCommand(),
+			sharedSettings(slotCreateCommand()),
+			sharedSettings(slotDropCommand()),
+			sharedSettings(slotListCommand()),
+			sharedSettings(slotSkipCommand()),
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
