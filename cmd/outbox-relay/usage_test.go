@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
 )
 
@@ -106,5 +108,33 @@ func TestEveryCommandTakesTheSharedSettings(t *testing.T) {
 	}
 	if code, stdout, stderr := runCaptured("slot", "drop", "--config", file); code != exitOK || !strings.Contains(stdout, "dropped replication slot from_file") {
 		t.Errorf("slot drop --config: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// run --help groups its flags under headings; every flag has one, and the
+// settings of general use (the in-flight caps, the sink) sit under General.
+func TestRunHelpGroupsFlagsByCategory(t *testing.T) {
+	code, stdout, _ := runCaptured("run", "--help")
+	if code != exitOK {
+		t.Fatalf("run --help: exit %d", code)
+	}
+	for _, heading := range []string{catGeneral, catPostgres, catOutbox, catKafka, catNATS, catRabbitMQ, catRedis, catWebhook, catMonitoring} {
+		if !strings.Contains(stdout, "\n   "+heading+"\n") {
+			t.Errorf("run --help has no heading %q", heading)
+		}
+	}
+	for _, f := range runCommand().Flags {
+		if f.(cli.CategorizableFlag).GetCategory() == "" {
+			t.Errorf("--%s has no category", f.Names()[0])
+		}
+	}
+	for name, want := range map[string]string{
+		"max-in-flight": catGeneral, "max-in-flight-bytes": catGeneral, "sink": catGeneral,
+		"pg-url": catPostgres, "status-interval": catPostgres, "create-slot": catPostgres,
+		"kafka-brokers": catKafka, "nats-url": catNATS, "log-level": catMonitoring, "table": catOutbox,
+	} {
+		if got := categoryOf(name); got != want {
+			t.Errorf("--%s under %q, want %q", name, got, want)
+		}
 	}
 }
