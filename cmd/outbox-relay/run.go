@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/urfave/cli/v2"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
@@ -110,10 +111,21 @@ func newLogger(c *cli.Context, w io.Writer) (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
+		opts.ReplaceAttr = lsnAsText
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	default:
 		return nil, usagef("--log-format %q: want text or json", c.String("log-format"))
 	}
+}
+
+// lsnAsText writes a WAL position as PostgreSQL does, 0/3C7CDAB0, in JSON
+// logs too (where it would otherwise be a bare number), so that it reads
+// the same as in text logs, `status` and pg_replication_slots.
+func lsnAsText(_ []string, a slog.Attr) slog.Attr {
+	if lsn, ok := a.Value.Any().(pglogrepl.LSN); ok && a.Value.Kind() == slog.KindAny {
+		a.Value = slog.StringValue(lsn.String())
+	}
+	return a
 }
 
 // relayConfig turns the core and outbox flags into a validated relay.Config.

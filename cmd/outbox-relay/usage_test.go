@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/urfave/cli/v2"
 
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
@@ -135,6 +136,27 @@ func TestRunHelpGroupsFlagsByCategory(t *testing.T) {
 	} {
 		if got := categoryOf(name); got != want {
 			t.Errorf("--%s under %q, want %q", name, got, want)
+		}
+	}
+}
+
+// A WAL position reads 0/3C7CDAB0 in JSON logs as in text logs.
+func TestLogsWriteLSNsAsPostgreSQLDoes(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		var out bytes.Buffer
+		app := &cli.App{Flags: logFlags(), Action: func(c *cli.Context) error {
+			log, err := newLogger(c, &out)
+			if err != nil {
+				return err
+			}
+			log.Info("streaming", "lsn", pglogrepl.LSN(0x3C7CDAB0))
+			return nil
+		}}
+		if err := app.Run([]string{"x", "--log-format", format}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), "0/3C7CDAB0") {
+			t.Errorf("%s log %q does not show the LSN as 0/3C7CDAB0", format, out.String())
 		}
 	}
 }
