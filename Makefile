@@ -36,6 +36,7 @@ lint:
 
 # The commit for `outbox-relay version`, where Go cannot read it itself.
 build:
+	@[ -x bin/outbox-relay ] || echo "building bin/outbox-relay (the first build fetches modules and compiles: a minute or two)..."
 	$(GO) build -ldflags "-X main.commit=$$(git rev-parse HEAD 2>/dev/null || echo unknown)" -o bin/outbox-relay ./cmd/outbox-relay
 
 # Built first, so Ctrl-C reaches the relay itself (not `go run`), which
