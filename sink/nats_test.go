@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,9 +102,10 @@ func TestNATSPublishesInOrderAndDedupes(t *testing.T) {
 // A subject no stream captures fails the ack after the retry budget, and
 // every later event fails too.
 func TestNATSNoStreamFailsAck(t *testing.T) {
+	prefix := uniqueName("nostream")
 	n, err := NewNATS(t.Context(), NATSConfig{
 		URL:        natsURL(t),
-		Subject:    uniqueName("nostream") + ".{aggregate_id}",
+		Subject:    prefix + ".{aggregate_id}",
 		AckTimeout: 200 * time.Millisecond,
 		Retry:      Retry{Timeout: 300 * time.Millisecond, Min: 50 * time.Millisecond},
 	})
@@ -121,6 +123,14 @@ func TestNATSNoStreamFailsAck(t *testing.T) {
 	for id, err := range a.wait(t, 20*time.Second) {
 		if err == nil {
 			t.Fatalf("event %s acknowledged without a stream", id)
+		}
+		// The first says what is missing and what to do about it.
+		if id == testEvent(1, 1).ID {
+			for _, want := range []string{"no JetStream stream captures subject " + prefix + ".agg-1", "--nats-create-stream"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("ack error %q does not say %q", err, want)
+				}
+			}
 		}
 	}
 }
