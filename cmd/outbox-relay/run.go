@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -106,24 +107,34 @@ func newLogger(c *cli.Context, w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", c.String("log-level"))
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: tidyAttr}
 	switch c.String("log-format") {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
-		opts.ReplaceAttr = lsnAsText
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	default:
 		return nil, usagef("--log-format %q: want text or json", c.String("log-format"))
 	}
 }
 
-// lsnAsText writes a WAL position as PostgreSQL does, 0/3C7CDAB0, in JSON
+// tidyAttr writes a WAL position as PostgreSQL does, 0/3C7CDAB0, in JSON
 // logs too (where it would otherwise be a bare number), so that it reads
-// the same as in text logs, `status` and pg_replication_slots.
-func lsnAsText(_ []string, a slog.Attr) slog.Attr {
-	if lsn, ok := a.Value.Any().(pglogrepl.LSN); ok && a.Value.Kind() == slog.KindAny {
-		a.Value = slog.StringValue(lsn.String())
+// the same as in text logs, `status` and pg_replication_slots; and an
+// error on one line, each repeated line once (errors.Join and pgx's
+// per-address connection errors span lines, which log lines escape as
+// \n\t).
+func tidyAttr(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindAny {
+		return a
+	}
+	switch v := a.Value.Any().(type) {
+	case pglogrepl.LSN:
+		a.Value = slog.StringValue(v.String())
+	case error:
+		if msg := v.Error(); strings.Contains(msg, "\n") {
+			a.Value = slog.StringValue(oneLine(v))
+		}
 	}
 	return a
 }

@@ -152,12 +152,14 @@ func unknownCommand(c *cli.Context) error {
 	return usagef("unknown command %q; `outbox-relay --help` lists the commands", arg)
 }
 
-// oneLine is err's message on one line: the multi-line messages of
-// errors.Join and of servers' output joined with "; ".
+// oneLine is err's message on one line: the lines of errors.Join's and of
+// servers' multi-line messages joined with "; ", each repeated line once.
 func oneLine(err error) string {
 	var parts []string
+	seen := map[string]bool{}
 	for _, l := range strings.Split(err.Error(), "\n") {
-		if l = strings.TrimSpace(l); l != "" {
+		if l = strings.TrimSpace(l); l != "" && !seen[l] {
+			seen[l] = true
 			parts = append(parts, l)
 		}
 	}

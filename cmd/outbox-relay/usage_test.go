@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"runtime"
 	"strings"
@@ -140,7 +141,8 @@ func TestRunHelpGroupsFlagsByCategory(t *testing.T) {
 	}
 }
 
-// A WAL position reads 0/3C7CDAB0 in JSON logs as in text logs.
+// A WAL position reads 0/3C7CDAB0 in JSON logs as in text logs, and an
+// error spanning lines is logged on one.
 func TestLogsWriteLSNsAsPostgreSQLDoes(t *testing.T) {
 	for _, format := range []string{"text", "json"} {
 		var out bytes.Buffer
@@ -149,7 +151,8 @@ func TestLogsWriteLSNsAsPostgreSQLDoes(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			log.Info("streaming", "lsn", pglogrepl.LSN(0x3C7CDAB0))
+			log.Info("streaming", "lsn", pglogrepl.LSN(0x3C7CDAB0),
+				"err", errors.Join(errors.New("first cause"), errors.New("second cause"), errors.New("second cause")))
 			return nil
 		}}
 		if err := app.Run([]string{"x", "--log-format", format}); err != nil {
@@ -157,6 +160,10 @@ func TestLogsWriteLSNsAsPostgreSQLDoes(t *testing.T) {
 		}
 		if !strings.Contains(out.String(), "0/3C7CDAB0") {
 			t.Errorf("%s log %q does not show the LSN as 0/3C7CDAB0", format, out.String())
+		}
+		if !strings.Contains(out.String(), "first cause; second cause") || strings.Count(out.String(), "second cause") != 1 ||
+			strings.Contains(out.String(), `\n`) {
+			t.Errorf("%s log %q does not show the error on one line, each cause once", format, out.String())
 		}
 	}
 }
