@@ -132,11 +132,14 @@ func launchRelay(t *testing.T, bin string, args ...string) *relayProc {
 // without the relay's own OUTBOX_RELAY_* settings, so that a shell set up
 // for a real relay cannot point a test's relay at a real broker or
 // database. Tests pass everything as flags. OUTBOX_RELAY_PG_BIN stays: it
-// only says where the PostgreSQL binaries are (for the demo).
+// only says where the PostgreSQL binaries are (for the demo). Metrics are
+// off unless a test passes --metrics-addr: relays side by side must not
+// compete for the default port.
 func relayEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, "OUTBOX_RELAY_") && !strings.HasPrefix(kv, "OUTBOX_RELAY_PG_BIN=")
 	})
+	return append(env, "OUTBOX_RELAY_METRICS_ADDR=")
 }
 
 // relayCmd is `outbox-relay args...` with relayEnv.
