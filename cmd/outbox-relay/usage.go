@@ -17,7 +17,28 @@ func oneLineUsageErrors(cmds []*cli.Command) {
 		cmd.OnUsageError = func(c *cli.Context, err error, _ bool) error {
 			return usageErr(explainFlagError(commandPath(c), c.Command, err))
 		}
+		if len(cmd.Subcommands) == 0 {
+			cmd.Before = noArguments(cmd.Before)
+		} else if cmd.Action == nil {
+			cmd.Action = unknownSubcommand
+		}
 		oneLineUsageErrors(cmd.Subcommands)
+	}
+}
+
+// noArguments makes a command that takes only flags refuse an argument
+// before anything else: flags after it would go unread ("migrate x
+// --pg-url URL" parses no --pg-url) and a later error would mislead.
+func noArguments(next cli.BeforeFunc) cli.BeforeFunc {
+	return func(c *cli.Context) error {
+		if c.Args().Present() {
+			return usagef("%s takes no arguments, got %q; values go with their flags (%s --help lists them)",
+				commandPath(c), c.Args().First(), commandPath(c))
+		}
+		if next != nil {
+			return next(c)
+		}
+		return nil
 	}
 }
 
@@ -134,6 +155,23 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// unknownSubcommand answers `outbox-relay config` and `config exmaple`.
+func unknownSubcommand(c *cli.Context) error {
+	var names []string
+	for _, sub := range c.Command.Subcommands {
+		names = append(names, sub.Name)
+	}
+	path := commandPath(c)
+	if !c.Args().Present() {
+		return usagef("%s needs a command: %s", path, strings.Join(names, ", "))
+	}
+	arg := c.Args().First()
+	if s := closest(arg, names); s != "" {
+		return usagef("unknown command %s %s; did you mean %s %s?", path, arg, path, s)
+	}
+	return usagef("unknown command %s %s: want %s", path, arg, strings.Join(names, ", "))
 }
 
 // unknownCommand is the root's answer to `outbox-relay stauts`.

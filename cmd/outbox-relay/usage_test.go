@@ -40,6 +40,10 @@ func TestBadUsageIsOneLineAndExitsTwo(t *testing.T) {
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"slot", "skip"}, "slot skip needs --event ID"},
 		{[]string{"version", "extra"}, "version takes no arguments"},
+		{[]string{"config", "exmaple"}, "unknown command outbox-relay config exmaple; did you mean outbox-relay config example?"},
+		{[]string{"config"}, "outbox-relay config needs a command: example"},
+		{[]string{"migrate", "public.outbox", "--pg-url", "postgres://h/db"}, `outbox-relay migrate takes no arguments, got "public.outbox"`},
+		{[]string{"slot", "skip", "0000-1111"}, `outbox-relay slot skip takes no arguments, got "0000-1111"; values go with their flags (outbox-relay slot skip --help lists them)`},
 	} {
 		noPGEnv(t)
 		code, stdout, stderr := runCaptured(tc.args...)
