@@ -20,6 +20,10 @@ import (
 // append-only file in its directory (so a Stop and Start keeps the data)
 // and no RDB snapshots.
 func StartRedis(ctx context.Context, opts Options) (*Server, error) {
+	return withFreshPorts(ctx, opts, startRedis)
+}
+
+func startRedis(ctx context.Context, opts Options) (*Server, error) {
 	bin, err := findBinary("redis-server", "redis-server")
 	if err != nil {
 		return nil, err
@@ -45,6 +49,10 @@ func StartRedis(ctx context.Context, opts Options) (*Server, error) {
 // StartNATS starts nats-server with JetStream on a free loopback port, its
 // store in its directory.
 func StartNATS(ctx context.Context, opts Options) (*Server, error) {
+	return withFreshPorts(ctx, opts, startNATS)
+}
+
+func startNATS(ctx context.Context, opts Options) (*Server, error) {
 	bin, err := findBinary("nats-server", "nats-server")
 	if err != nil {
 		return nil, err
@@ -79,6 +87,10 @@ func StartNATS(ctx context.Context, opts Options) (*Server, error) {
 // The user guest/guest may connect (from loopback). A node takes some
 // seconds to start: share one among a package's tests.
 func StartRabbitMQ(ctx context.Context, opts Options) (*Server, error) {
+	return withFreshPorts(ctx, opts, startRabbitMQ)
+}
+
+func startRabbitMQ(ctx context.Context, opts Options) (*Server, error) {
 	// The Debian package's /usr/sbin/rabbitmq-server is a wrapper that
 	// switches to the rabbitmq user and its /var/lib/rabbitmq; run the
 	// script behind it.

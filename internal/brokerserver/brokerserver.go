@@ -233,6 +233,26 @@ func newServer(kind string, opts Options, ports int) (*Server, []int, error) {
 	return &Server{kind: kind, dir: dir, port: free[0], logf: logf, timeout: 30 * time.Second}, free, nil
 }
 
+// withFreshPorts runs start again, on other ports, when a port picked as
+// free was taken before the server bound it.
+func withFreshPorts(ctx context.Context, opts Options, start func(context.Context, Options) (*Server, error)) (*Server, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := start(ctx, opts)
+		if err == nil || attempt == 3 || ctx.Err() != nil || !portTaken(err) {
+			return s, err
+		}
+		if opts.Logf != nil {
+			opts.Logf("brokerserver: a port was taken (%v); trying others", err)
+		}
+	}
+}
+
+// portTaken recognises the servers' words for a port in use.
+func portTaken(err error) bool {
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "address already in use") || strings.Contains(msg, "eaddrinuse")
+}
+
 // launch starts a server built by one of the Start functions; on failure it
 // leaves nothing behind.
 func launch(ctx context.Context, s *Server) (*Server, error) {

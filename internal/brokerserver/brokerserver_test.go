@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -191,5 +192,34 @@ func waitFor(t *testing.T, what string, cond func() error) {
 			t.Fatalf("waiting for %s: %v", what, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A port taken between picking it and the server binding it is recognised
+// from what the servers themselves say, so Start tries other ports.
+func TestPortTakenIsRecognised(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := itoa(l.Addr().(*net.TCPAddr).Port)
+	for name, args := range map[string][]string{
+		"redis-server": {"--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no", "--dir", t.TempDir()},
+		"nats-server":  {"-a", "127.0.0.1", "-p", port},
+	} {
+		bin, err := findBinary(name, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		out, _ := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		cancel()
+		if !portTaken(errors.New(string(out))) {
+			t.Errorf("%s on a taken port said %q, which portTaken does not recognise", name, out)
+		}
+	}
+	if portTaken(errors.New("connection refused")) {
+		t.Error("portTaken recognises a refused connection")
 	}
 }
