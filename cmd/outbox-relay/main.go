@@ -59,8 +59,8 @@ func newApp() *cli.App {
 		Action:  unknownCommand,
 		// Errors are printed once, by run, with the exit code it chooses.
 		ExitErrHandler: func(*cli.Context, error) {},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageErr(err)
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return usageErr(explainFlagError(c.App.Name, c.Command, err))
 		},
 		Commands: []*cli.Command{
 			runCommand(),

@@ -37,6 +37,7 @@ func TestBadUsageIsOneLineAndExitsTwo(t *testing.T) {
 		{[]string{"slot", "drop", "--pg-ulr", "x"}, "unknown flag --pg-ulr for outbox-relay slot drop; did you mean --pg-url?"},
 		{[]string{"migrate", "--pg-url", ""}, "--pg-url (or OUTBOX_RELAY_PG_URL, or PGHOST and friends) is required"},
 		{[]string{"stauts"}, `unknown command "stauts"; did you mean status?`},
+		{[]string{"--verison"}, "unknown flag --verison for outbox-relay; did you mean --version?"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
 		{[]string{"slot", "skip"}, "slot skip needs --event ID"},
 		{[]string{"version", "extra"}, "version takes no arguments"},
