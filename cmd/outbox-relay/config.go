@@ -70,7 +70,7 @@ func applyConfigFile(c *cli.Context) error {
 		}
 		for _, s := range v.values {
 			if err := c.Set(v.key, s); err != nil {
-				return usagef("%s:%d:%d: key %q: %w", path, v.line, v.col, v.key, err)
+				return usagef("%s:%d:%d: key %q: %q is not a valid value%s", path, v.line, v.col, v.key, s, wantFor(c.Command, v.key))
 			}
 		}
 	}

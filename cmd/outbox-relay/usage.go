@@ -45,7 +45,7 @@ func noArguments(next cli.BeforeFunc) cli.BeforeFunc {
 var (
 	undefinedFlag = regexp.MustCompile(`^flag provided but not defined: -+(.+)$`)
 	needsArgument = regexp.MustCompile(`^flag needs an argument: -+(.+)$`)
-	invalidValue  = regexp.MustCompile(`^invalid value "(.*)" for flag -+([^:]+): (.*)$`)
+	invalidValue  = regexp.MustCompile(`^invalid (?:boolean )?value "(.*)" for (?:flag )?-+([^:]+): (.*)$`)
 )
 
 // explainFlagError rewrites the flag package's messages ("flag provided but

@@ -34,6 +34,7 @@ func TestBadUsageIsOneLineAndExitsTwo(t *testing.T) {
 		{[]string{"run", "--status-interval", "10"}, `--status-interval "10": not a valid value; want a duration with its unit, such as 10s`},
 		{[]string{"run", "--max-in-flight", "many"}, `--max-in-flight "many": not a valid value; want a whole number`},
 		{[]string{"status", "--slot"}, "--slot needs a value"},
+		{[]string{"run", "--create-slot=maybe"}, `--create-slot "maybe": not a valid value; want true or false`},
 		{[]string{"slot", "drop", "--pg-ulr", "x"}, "unknown flag --pg-ulr for outbox-relay slot drop; did you mean --pg-url?"},
 		{[]string{"migrate", "--pg-url", ""}, "--pg-url (or OUTBOX_RELAY_PG_URL, or PGHOST and friends) is required"},
 		{[]string{"stauts"}, `unknown command "stauts"; did you mean status?`},
@@ -170,5 +171,16 @@ func TestLogsWriteLSNsAsPostgreSQLDoes(t *testing.T) {
 			strings.Contains(out.String(), `\n`) {
 			t.Errorf("%s log %q does not show the error on one line, each cause once", format, out.String())
 		}
+	}
+}
+
+// A bad value in the config file names the file, line and key, and says
+// what the flag wants.
+func TestBadConfigValueSaysWhatTheKeyWants(t *testing.T) {
+	file := writeFile(t, "pg-url: postgres://h/db\nstatus-interval: 10\n")
+	code, _, stderr := runCaptured("run", "--config", file)
+	want := file + `:2:1: key "status-interval": "10" is not a valid value; want a duration with its unit`
+	if code != exitUsage || !strings.Contains(stderr, want) {
+		t.Fatalf("exit %d, %q; want %d and %q", code, stderr, exitUsage, want)
 	}
 }
