@@ -33,6 +33,8 @@ need() { # command-or-path package
 }
 
 need gcc gcc
+# cgo links against the C library: gcc alone (without its recommends) lacks it.
+need /usr/include/stdio.h libc6-dev
 # The PostgreSQL helper finds server binaries through OUTBOX_RELAY_PG_BIN,
 # pg_config or /usr/lib/postgresql/*/bin (internal/pgserver).
 if ! { [ -n "${OUTBOX_RELAY_PG_BIN:-}" ] && [ -x "$OUTBOX_RELAY_PG_BIN/initdb" ]; }; then
