@@ -1,16 +1,22 @@
-# The front door: make test, make lint, make demo, make bench.
+# The front door: make setup, make test, make lint, make demo, make bench.
 GO       ?= go
 FUZZTIME ?= 20s
 BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 
-.PHONY: all test test-kafka kafka-jars lint build demo bench bench-go fuzz clean
+.PHONY: all setup test test-kafka kafka-jars lint build demo bench bench-go fuzz clean
 
 all: lint test
+
+# Installs what the tests need and is missing (gcc, PostgreSQL, kcat, Redis,
+# NATS, RabbitMQ, Java, Maven, Kafka's jars); quick when nothing is. The
+# tests start their own servers: nothing needs to be running.
+setup:
+	@bash scripts/setup.sh
 
 # -parallel 3: the long parallel tests (a broker stalled for minutes, Apache
 # Kafka clusters losing nodes) mostly wait; two at a time on two cores
 # would leave the CPU idle and add minutes.
-test: kafka-jars
+test: setup
 	$(GO) test -race -count=1 -parallel 3 -timeout 25m ./...
 
 # Just the tests against Apache Kafka itself (test/kafkatest/apache.go).
@@ -26,9 +32,12 @@ lint:
 	@out=$$(gofmt -l .); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1; }
 
+# The commit for `outbox-relay version`, where Go cannot read it itself.
 build:
-	$(GO) build -o bin/outbox-relay ./cmd/outbox-relay
+	@[ -x bin/outbox-relay ] || echo "building bin/outbox-relay (the first build fetches modules and compiles: a minute or two)..."
+	$(GO) build -ldflags "-X main.commit=$$(git rev-parse HEAD 2>/dev/null || echo unknown)" -o bin/outbox-relay ./cmd/outbox-relay
 
 # Built first, so Ctrl-C reaches the relay itself (not `go run`), which
 # cleans up and exits 0. DEMO_FLAGS, e.g. --duration 30s --rate 500.

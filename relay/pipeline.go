@@ -360,8 +360,10 @@ func (in *inflight) acked(err error) {
 			return
 		}
 		// Never skip past a failed record: end the session, and the next
-		// one resumes from the slot.
-		p.fail(fmt.Errorf("publishing event %s to %s: %w", in.ev.ID, in.ev.Topic, err))
+		// one resumes from the slot. The sink's error names where it
+		// published (topic, subject, exchange, stream); the event's
+		// Kafka-style topic may not be that.
+		p.fail(fmt.Errorf("publishing event %s: %w", in.ev.ID, err))
 		return
 	}
 	p.tracker.Ack(in.tok)

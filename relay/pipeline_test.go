@@ -475,3 +475,21 @@ func TestSecondAckOfAnEventPanics(t *testing.T) {
 	}()
 	evs[0].ack(nil)
 }
+
+// A publish that fails for good ends the session naming the event and, in
+// the sink's own words, where it went (a NATS subject, a RabbitMQ
+// exchange), not the Kafka-style topic the sink may not use.
+func TestFailedPublishNamesTheSinksDestinationNotTheTopic(t *testing.T) {
+	pub := newFakePublisher(false)
+	tp := startPipeline(t, pub, false, 1<<20)
+	var w wal
+	m, _ := w.txn(pgInsert("e1", "a1", `{"n":1}`, `{}`))
+	tp.msgs <- m
+	evs := pub.waitN(t, 1)
+	evs[0].ack(errors.New("publishing to NATS subject orders.a1 after 3 attempts: nats: no response from stream"))
+	err := tp.result(t)
+	if err == nil || !strings.Contains(err.Error(), "e1") || !strings.Contains(err.Error(), "NATS subject orders.a1") ||
+		strings.Contains(err.Error(), evs[0].ev.Topic) {
+		t.Fatalf("session error %v: want the event id and the subject, not the topic %s", err, evs[0].ev.Topic)
+	}
+}

@@ -504,5 +504,5 @@ func classifyConnect(err error) error {
 			})
 		}
 	}
-	return fmt.Errorf("connecting to PostgreSQL: %w", err)
+	return ConnectError(err)
 }

@@ -310,7 +310,7 @@ func (n *NATS) acks() {
 			continue
 		}
 		if err != nil {
-			err = fmt.Errorf("publishing to NATS subject %s after %d attempts: %w", it.subject, it.attempts, err)
+			err = n.publishError(it, err)
 			n.failed.set(err)
 		}
 		it.ack(err)
@@ -318,6 +318,25 @@ func (n *NATS) acks() {
 			n.send(next)
 		}
 	}
+}
+
+// publishError names the subject of a publish that failed for good and,
+// when no stream answered, says what to create.
+func (n *NATS) publishError(it *natsItem, err error) error {
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		filter := it.subject
+		if p := n.subj.Prefix(); !n.subj.Constant() && strings.HasSuffix(p, ".") {
+			filter = p + ">"
+		}
+		stream := n.cfg.Stream
+		if stream == "" {
+			stream = "OUTBOX"
+		}
+		return fmt.Errorf("no JetStream stream captures subject %s (%w); start the relay with --nats-create-stream, "+
+			"which creates stream %s (--nats-stream) over %s, or create one yourself: nats stream add %s --subjects '%s'",
+			it.subject, err, stream, filter, stream, filter)
+	}
+	return fmt.Errorf("publishing to NATS subject %s after %d attempts: %w", it.subject, it.attempts, err)
 }
 
 // prefixClosed names the sink in a closed error and passes others through.

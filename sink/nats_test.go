@@ -3,24 +3,14 @@ package sink
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// natsURL is the test server: OUTBOX_RELAY_NATS_URL or the local default
-// that .ci/run starts.
-func natsURL(t *testing.T) string {
-	t.Helper()
-	if u := os.Getenv("OUTBOX_RELAY_NATS_URL"); u != "" {
-		return u
-	}
-	return "nats://127.0.0.1:4222"
-}
 
 // uniqueName returns a name no other test run uses.
 func uniqueName(prefix string) string {
@@ -112,9 +102,10 @@ func TestNATSPublishesInOrderAndDedupes(t *testing.T) {
 // A subject no stream captures fails the ack after the retry budget, and
 // every later event fails too.
 func TestNATSNoStreamFailsAck(t *testing.T) {
+	prefix := uniqueName("nostream")
 	n, err := NewNATS(t.Context(), NATSConfig{
 		URL:        natsURL(t),
-		Subject:    uniqueName("nostream") + ".{aggregate_id}",
+		Subject:    prefix + ".{aggregate_id}",
 		AckTimeout: 200 * time.Millisecond,
 		Retry:      Retry{Timeout: 300 * time.Millisecond, Min: 50 * time.Millisecond},
 	})
@@ -132,6 +123,14 @@ func TestNATSNoStreamFailsAck(t *testing.T) {
 	for id, err := range a.wait(t, 20*time.Second) {
 		if err == nil {
 			t.Fatalf("event %s acknowledged without a stream", id)
+		}
+		// The first says what is missing and what to do about it.
+		if id == testEvent(1, 1).ID {
+			for _, want := range []string{"no JetStream stream captures subject " + prefix + ".agg-1", "--nats-create-stream"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("ack error %q does not say %q", err, want)
+				}
+			}
 		}
 	}
 }

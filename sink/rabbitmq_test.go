@@ -2,7 +2,6 @@ package sink
 
 import (
 	"errors"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -10,19 +9,12 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-func rabbitURL() string {
-	if u := os.Getenv("OUTBOX_RELAY_RABBITMQ_URL"); u != "" {
-		return u
-	}
-	return "amqp://guest:guest@127.0.0.1:5672/"
-}
-
 // Confirmed events reach a bound queue in order, persistent, with
 // message_id and headers; an unroutable event fails its ack.
 func TestRabbitMQConfirmsInOrderAndReturnsUnroutable(t *testing.T) {
 	ctx := t.Context()
 	name := uniqueName("sinktest")
-	conn, err := amqp.Dial(rabbitURL())
+	conn, err := amqp.Dial(rabbitURL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +27,7 @@ func TestRabbitMQConfirmsInOrderAndReturnsUnroutable(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, err := NewRabbitMQ(ctx, RabbitMQConfig{
-		URL: rabbitURL(), Exchange: name, DeclareExchange: "topic", RoutingKey: "{topic}",
+		URL: rabbitURL(t), Exchange: name, DeclareExchange: "topic", RoutingKey: "{topic}",
 		Mandatory: true, MaxInFlight: 64,
 	})
 	if err != nil {

@@ -2,7 +2,6 @@ package sink
 
 import (
 	"context"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -10,23 +9,16 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-func redisURL() string {
-	if u := os.Getenv("OUTBOX_RELAY_REDIS_URL"); u != "" {
-		return u
-	}
-	return "redis://127.0.0.1:6379/0"
-}
-
 // Every event is appended to its stream in order, with its fields; MAXLEN
 // trims.
 func TestRedisAppendsInOrder(t *testing.T) {
 	ctx := t.Context()
 	name := uniqueName("sinktest")
-	r, err := NewRedis(ctx, RedisConfig{URL: redisURL(), Stream: name + ".{aggregate_type}", MaxInFlight: 64, MaxBatch: 16})
+	r, err := NewRedis(ctx, RedisConfig{URL: redisURL(t), Stream: name + ".{aggregate_type}", MaxInFlight: 64, MaxBatch: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts, _ := redis.ParseURL(redisURL())
+	opts, _ := redis.ParseURL(redisURL(t))
 	c := redis.NewClient(opts)
 	defer c.Close()
 	t.Cleanup(func() { c.Del(context.Background(), name+".order") })
@@ -63,7 +55,7 @@ func TestRedisAppendsInOrder(t *testing.T) {
 	}
 	checkOrder(t, got, aggs, per)
 
-	trimmed, err := NewRedis(ctx, RedisConfig{URL: redisURL(), Stream: name + ".trim", MaxLen: 10})
+	trimmed, err := NewRedis(ctx, RedisConfig{URL: redisURL(t), Stream: name + ".trim", MaxLen: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +78,11 @@ func TestRedisAppendsInOrder(t *testing.T) {
 func TestRedisWrongTypeFailsAck(t *testing.T) {
 	ctx := t.Context()
 	name := uniqueName("sinktest")
-	opts, _ := redis.ParseURL(redisURL())
+	opts, _ := redis.ParseURL(redisURL(t))
 	c := redis.NewClient(opts)
 	defer c.Close()
 	c.Set(ctx, name, "a string", time.Minute)
-	r, err := NewRedis(ctx, RedisConfig{URL: redisURL(), Stream: name})
+	r, err := NewRedis(ctx, RedisConfig{URL: redisURL(t), Stream: name})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -141,12 +141,12 @@ func BenchmarkSinks(b *testing.B) {
 	})
 	b.Run("nats", func(b *testing.B) {
 		name := uniqueName("bench")
-		n, err := NewNATS(b.Context(), NATSConfig{URL: "nats://127.0.0.1:4222", Subject: name + ".{aggregate_id}", CreateStream: true, Stream: name})
+		n, err := NewNATS(b.Context(), NATSConfig{URL: natsURL(b), Subject: name + ".{aggregate_id}", CreateStream: true, Stream: name})
 		if err != nil {
-			b.Skip(err)
+			b.Fatal(err)
 		}
 		defer func() {
-			nc, _ := nats.Connect("nats://127.0.0.1:4222")
+			nc, _ := nats.Connect(natsURL(b))
 			js, _ := jetstream.New(nc)
 			_ = js.DeleteStream(context.Background(), name)
 			nc.Close()
@@ -155,12 +155,12 @@ func BenchmarkSinks(b *testing.B) {
 	})
 	b.Run("redis", func(b *testing.B) {
 		name := uniqueName("bench")
-		r, err := NewRedis(b.Context(), RedisConfig{URL: redisURL(), Stream: name})
+		r, err := NewRedis(b.Context(), RedisConfig{URL: redisURL(b), Stream: name})
 		if err != nil {
-			b.Skip(err)
+			b.Fatal(err)
 		}
 		defer func() {
-			opts, _ := redis.ParseURL(redisURL())
+			opts, _ := redis.ParseURL(redisURL(b))
 			c := redis.NewClient(opts)
 			c.Del(context.Background(), name)
 			c.Close()
@@ -168,9 +168,9 @@ func BenchmarkSinks(b *testing.B) {
 		benchSink(b, r)
 	})
 	b.Run("rabbitmq", func(b *testing.B) {
-		r, err := NewRabbitMQ(b.Context(), RabbitMQConfig{URL: rabbitURL(), Exchange: "amq.topic"})
+		r, err := NewRabbitMQ(b.Context(), RabbitMQConfig{URL: rabbitURL(b), Exchange: "amq.topic"})
 		if err != nil {
-			b.Skip(err)
+			b.Fatal(err)
 		}
 		benchSink(b, r)
 	})

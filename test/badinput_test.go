@@ -138,20 +138,39 @@ func TestWrongPasswordFailsFastWithoutLeakingIt(t *testing.T) {
 	}
 }
 
-// An unreachable PostgreSQL is retried (it may be restarting), and the
-// password in the URL never shows up in the logs.
+// An unreachable PostgreSQL is retried (it may be restarting); each attempt
+// says on one line where it tried and what to check, no other warning comes
+// first, and the password in the URL never shows up in the logs.
 func TestUnreachablePostgresIsRetriedWithoutLeakingThePassword(t *testing.T) {
 	const secret = "pw-in-url-5521"
-	u := "postgres://relay:" + secret + "@127.0.0.1:" + strconv.Itoa(freePort(t)) + "/app?sslmode=disable&connect_timeout=2"
-	p := startRelay(t, "--pg-url", u, "--kafka-brokers", "127.0.0.1:1")
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	u := "postgres://relay:" + secret + "@" + addr + "/app?sslmode=prefer&connect_timeout=2"
+	// With metrics on, the slot poller tries to connect too.
+	p := startRelay(t, "--pg-url", u, "--kafka-brokers", "127.0.0.1:1", "--metrics-addr", "127.0.0.1:0")
 	waitFor(t, 30*time.Second, "two reconnect attempts", func() (bool, error) {
 		return strings.Count(p.out.String(), "reconnecting") >= 2, nil
 	})
 	if code := p.stop(t, syscall.SIGTERM, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM while retrying, want 0", code)
 	}
-	if out := p.out.String(); strings.Contains(out, secret) {
+	out := p.out.String()
+	if strings.Contains(out, secret) {
 		t.Fatalf("output contains the password:\n%s", out)
+	}
+	var firstWarn string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+			firstWarn = l
+			break
+		}
+	}
+	for _, want := range []string{"session ended; reconnecting", "cannot connect to PostgreSQL at " + addr, "connection refused", "check --pg-url"} {
+		if !strings.Contains(firstWarn, want) {
+			t.Errorf("first warning %q does not say %q", firstWarn, want)
+		}
+	}
+	if strings.Contains(firstWarn, `\n`) || strings.Count(firstWarn, "connection refused") != 1 {
+		t.Errorf("first warning is not one line with the cause once: %q", firstWarn)
 	}
 }
 

@@ -42,7 +42,6 @@ func TestColumnsTheFlagsNeedAreCheckedAtStart(t *testing.T) {
 
 	// The fix the error gives works: mapping no headers column streams.
 	cluster := kafkatest.NewCluster(t)
-	isolateMetrics(t)
 	startRelay(t, faultArgs(db.URL, cluster, "noheaders", "--table", "public.no_headers", "--columns", "headers=")...)
 	waitSlotActive(t, db, "noheaders")
 	db.Exec(t, `insert into no_headers (aggregate_type, aggregate_id, event_type, payload) values ('order', 'o-1', 'created', '{}')`)
@@ -58,7 +57,6 @@ func TestColumnsTheFlagsNeedAreCheckedAtStart(t *testing.T) {
 // Nothing is confirmed past the first row without the column.
 func TestFaultAlterTableDropHeadersColumn(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 10)
@@ -102,7 +100,6 @@ func TestFaultAlterTableDropHeadersColumn(t *testing.T) {
 // it: the record's id header is the row's id, and the relay says once
 // that it left the key out.
 func TestHeadersJSONCannotForgeTheIDHeader(t *testing.T) {
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	cluster := kafkatest.NewCluster(t)

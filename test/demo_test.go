@@ -16,7 +16,7 @@ import (
 func TestDemoDeliversEventsAndCleansUp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, relayBin, "demo", "--duration", "5s", "--rate", "200").CombinedOutput()
+	out, err := relayCmd(ctx, "demo", "--duration", "5s", "--rate", "200").CombinedOutput()
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
@@ -33,6 +33,17 @@ func TestDemoDeliversEventsAndCleansUp(t *testing.T) {
 	}
 	if !regexp.MustCompile(`Kafka broker 127\.0\.0\.1:\d+`).MatchString(text) {
 		t.Fatalf("demo did not print the broker address for kcat:\n%s", text)
+	}
+	// A few records as a consumer sees them, and how to read more.
+	for _, want := range []string{"the first 3 records delivered, as a Kafka consumer reads them:",
+		"headers id=", "event_type=Order", "aggregate_type=order", "source=demo", `value   {"amount"`,
+		"kcat -b 127.0.0.1:", "(apt-get install kcat)", "--sink stdout"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("demo output does not show %q:\n%s", want, text)
+		}
+	}
+	if !regexp.MustCompile(`topic outbox\.order  partition \d+  offset \d+  key order-\d+`).MatchString(text) {
+		t.Fatalf("demo printed no sample record:\n%s", text)
 	}
 	if !strings.Contains(text, "latency p50") {
 		t.Fatalf("demo printed no live status line:\n%s", text)

@@ -288,7 +288,7 @@ func TestOnErrorStopNamesTheSkipCommandThatGoesOn(t *testing.T) {
 		t.Fatalf("slot confirmed %s (%v), past %s where the poison row's transaction begins", lsn, err, before)
 	}
 
-	skip := exec.Command(relayBin, append(strings.Fields(m[1]), "--pg-url", db.URL)...)
+	skip := relayCmd(ctx, append(strings.Fields(m[1]), "--pg-url", db.URL)...)
 	shown, err := skip.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", m[1], err, shown)
@@ -324,7 +324,7 @@ func TestKafkaTopicRuleAppliesToKafkaOnly(t *testing.T) {
 	db.Exec(t, `insert into outbox (aggregate_type, aggregate_id, event_type, payload) values ('order', 'a', 'Y', '{}')`)
 
 	// stdout publishes both.
-	out := exec.Command(relayBin, "run", "--pg-url", db.URL, "--slot", "stdouttopic", "--publication", "stdouttopic", "--sink", "stdout")
+	out := relayCmd(context.Background(), "run", "--pg-url", db.URL, "--slot", "stdouttopic", "--publication", "stdouttopic", "--sink", "stdout")
 	// The slot is created at start, after the inserts: write them again.
 	var buf syncBuffer
 	out.Stdout, out.Stderr = &buf, &buf

@@ -46,7 +46,6 @@ func faultArgs(pgURL string, cluster *kfake.Cluster, name string, extra ...strin
 // (the relay acked it all), then reads every record on the topics.
 func settle(t *testing.T, db *pgtest.DB, slot string, cluster *kfake.Cluster, want int) []kafkatest.Record {
 	t.Helper()
-	isolateMetrics(t)
 	return settleRecords(t, db, slot, cluster, want)
 }
 
@@ -179,18 +178,10 @@ func exitCodeOf(p *relayProc) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-// isolateMetrics gives each relay a free metrics port, so the tests do not
-// collide with other relays on the default one (the environment variable
-// is ignored by builds without the flag).
-func isolateMetrics(t *testing.T) {
-	t.Setenv("OUTBOX_RELAY_METRICS_ADDR", "127.0.0.1:0")
-}
-
 // ---- 1. SIGKILL after broker acks, before the status update ---------------
 
 func TestFaultKillAfterAckBeforeStatusUpdate(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 50)
@@ -242,7 +233,6 @@ func TestFaultKillAfterAckBeforeStatusUpdate(t *testing.T) {
 
 func TestFaultLeaderMovesAndProduceErrors(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 60)
@@ -298,7 +288,6 @@ func TestFaultLeaderMovesAndProduceErrors(t *testing.T) {
 
 func TestFaultWalsenderTerminatedAndPostgresRestarted(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	srv := pgtest.NewServer(t, nil)
 	db := pgtest.OnServer(t, srv)
 	migrate(t, db)
@@ -388,7 +377,6 @@ func TestFaultNetworkBlackholeWithConnectTimeoutInURL(t *testing.T) {
 
 func testBlackhole(t *testing.T, extraQuery string) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	// A short wal_sender_timeout so the server drops the frozen walsender
 	// (and releases the slot) soon after the blackhole starts.
 	srv := pgtest.NewServer(t, map[string]string{"wal_sender_timeout": "10s"})
@@ -465,7 +453,6 @@ func testBlackhole(t *testing.T, extraQuery string) {
 
 func TestFaultStalledBrokerBoundedMemory(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	srv := pgtest.NewServer(t, map[string]string{"wal_sender_timeout": "2s"})
 	db := pgtest.OnServer(t, srv)
 	migrate(t, db)
@@ -527,7 +514,6 @@ func TestFaultStalledBrokerBoundedMemory(t *testing.T) {
 
 func TestFaultSlotInvalidated(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	srv := pgtest.NewServer(t, map[string]string{
 		"max_slot_wal_keep_size": "1MB",
 		"wal_keep_size":          "0",
@@ -602,7 +588,6 @@ func TestFaultSlotInvalidated(t *testing.T) {
 
 func TestFaultSlotDroppedWhileRunning(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 10)
@@ -659,7 +644,6 @@ func TestFaultSlotDroppedWhileRunning(t *testing.T) {
 
 func TestFaultHugeTransaction(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	const aggs, rows = 50, 200000
@@ -715,7 +699,6 @@ func TestFaultHugeTransaction(t *testing.T) {
 
 func TestFaultInterleavedCommitsAndRollback(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	cluster := kafkatest.NewCluster(t)
@@ -785,7 +768,6 @@ func TestFaultInterleavedCommitsAndRollback(t *testing.T) {
 
 func TestFaultAlterTableAddColumnAcrossRestart(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 20)
@@ -851,7 +833,6 @@ func TestFaultAlterTableAddColumnAcrossRestart(t *testing.T) {
 
 func TestFaultAlterTableDropRequiredColumn(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 10)
@@ -895,7 +876,6 @@ func TestFaultAlterTableDropRequiredColumn(t *testing.T) {
 
 func TestFaultSessionSettingsDoNotChangeBytes(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	db.Exec(t, `create table outbox_bin (
@@ -988,7 +968,6 @@ func TestFaultSessionSettingsDoNotChangeBytes(t *testing.T) {
 
 func TestFaultUpdateAndDeletePublishNothing(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	db := pgtest.New(t)
 	migrate(t, db)
 	sc := newScenario(t, db, 10)
@@ -1017,7 +996,6 @@ func TestFaultUpdateAndDeletePublishNothing(t *testing.T) {
 
 func TestFaultVerifyFullWrongCA(t *testing.T) {
 	ctx := t.Context()
-	isolateMetrics(t)
 	srv := pgtest.NewServer(t, nil)
 	db := pgtest.OnServer(t, srv)
 	migrate(t, db)

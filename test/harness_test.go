@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/outbox-relay/outbox-relay/internal/brokerserver"
 	"github.com/outbox-relay/outbox-relay/test/kafkatest"
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
 )
@@ -44,6 +46,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := pgtest.Run(m)
+	if err := brokerserver.CloseAll(natsServer, rabbitServer, redisServer); err != nil {
+		fmt.Fprintln(os.Stderr, "stopping the test brokers:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -97,7 +105,7 @@ func launchRelay(t *testing.T, bin string, args ...string) *relayProc {
 	cmd := exec.Command(bin, full...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Env = os.Environ()
+	cmd.Env = relayEnv()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting relay: %v", err)
 	}
@@ -118,6 +126,27 @@ func launchRelay(t *testing.T, bin string, args ...string) *relayProc {
 		}
 	})
 	return p
+}
+
+// relayEnv is the environment for a relay under test: this process's,
+// without the relay's own OUTBOX_RELAY_* settings, so that a shell set up
+// for a real relay cannot point a test's relay at a real broker or
+// database. Tests pass everything as flags. OUTBOX_RELAY_PG_BIN stays: it
+// only says where the PostgreSQL binaries are (for the demo). Metrics are
+// off unless a test passes --metrics-addr: relays side by side must not
+// compete for the default port.
+func relayEnv() []string {
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "OUTBOX_RELAY_") && !strings.HasPrefix(kv, "OUTBOX_RELAY_PG_BIN=")
+	})
+	return append(env, "OUTBOX_RELAY_METRICS_ADDR=")
+}
+
+// relayCmd is `outbox-relay args...` with relayEnv.
+func relayCmd(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, relayBin, args...)
+	cmd.Env = relayEnv()
+	return cmd
 }
 
 // stop sends sig and waits for the exit code.
@@ -484,7 +513,7 @@ func currentWAL(ctx context.Context, db *pgtest.DB) (pglogrepl.LSN, error) {
 // migrate creates the outbox table with the relay's own command.
 func migrate(t *testing.T, db *pgtest.DB) {
 	t.Helper()
-	out, err := exec.Command(relayBin, "migrate", "--pg-url", db.URL).CombinedOutput()
+	out, err := relayCmd(t.Context(), "migrate", "--pg-url", db.URL).CombinedOutput()
 	if err != nil {
 		t.Fatalf("outbox-relay migrate: %v\n%s", err, out)
 	}

@@ -155,7 +155,7 @@ type statusRow struct {
 // exit code.
 func runStatus(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(relayBin, append([]string{"status"}, args...)...)
+	cmd := relayCmd(context.Background(), append([]string{"status"}, args...)...)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Env = env
@@ -172,7 +172,7 @@ func runStatus(t *testing.T, env []string, args ...string) (string, string, int)
 
 func slotStatusJSON(t *testing.T, db *pgtest.DB, slotName string) statusRow {
 	t.Helper()
-	out, errOut, code := runStatus(t, os.Environ(), "--pg-url", db.URL, "--slot", slotName, "--json")
+	out, errOut, code := runStatus(t, relayEnv(), "--pg-url", db.URL, "--slot", slotName, "--json")
 	if code != 0 {
 		t.Fatalf("status --json exit %d: %s", code, errOut)
 	}
@@ -360,7 +360,7 @@ func TestRetainedWALGrowsWhileStoppedAndShrinksAfterRestart(t *testing.T) {
 	}
 
 	// status as a probe: 0 within --max-lag, 1 beyond it, 2 without --pg-url.
-	out, errOut, code := runStatus(t, os.Environ(), "--pg-url", db.URL, "--slot", "ret", "--max-lag", "1GiB")
+	out, errOut, code := runStatus(t, relayEnv(), "--pg-url", db.URL, "--slot", "ret", "--max-lag", "1GiB")
 	if code != 0 {
 		t.Fatalf("status --max-lag 1GiB exit %d, want 0: %s%s", code, out, errOut)
 	}
@@ -368,16 +368,16 @@ func TestRetainedWALGrowsWhileStoppedAndShrinksAfterRestart(t *testing.T) {
 		t.Fatalf("status table:\n%s", out)
 	}
 	t.Logf("status while stopped:\n%s", out)
-	out, errOut, code = runStatus(t, os.Environ(), "--pg-url", db.URL, "--slot", "ret", "--max-lag", "1")
+	out, errOut, code = runStatus(t, relayEnv(), "--pg-url", db.URL, "--slot", "ret", "--max-lag", "1")
 	if code != 1 || !strings.Contains(errOut, "--max-lag") {
 		t.Fatalf("status --max-lag 1 exit %d (%s), want 1 naming the limit", code, errOut)
 	}
-	out, _, code = runStatus(t, os.Environ(), "--pg-url", db.URL, "--slot", "ret", "--max-lag", "1", "--json")
+	out, _, code = runStatus(t, relayEnv(), "--pg-url", db.URL, "--slot", "ret", "--max-lag", "1", "--json")
 	var rows []statusRow
 	if err := json.Unmarshal([]byte(out), &rows); err != nil || code != 1 || len(rows) != 1 || rows[0].OK || rows[0].Problem == "" {
 		t.Fatalf("status --json --max-lag 1: exit %d, rows %+v (%v), want 1 and a problem", code, rows, err)
 	}
-	if _, _, code := runStatus(t, os.Environ(), "--pg-url", db.URL, "--slot", "no_such_slot"); code != 1 {
+	if _, _, code := runStatus(t, relayEnv(), "--pg-url", db.URL, "--slot", "no_such_slot"); code != 1 {
 		t.Fatalf("status of a missing slot exit %d, want 1", code)
 	}
 	var noPG []string

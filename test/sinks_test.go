@@ -6,11 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,24 +19,40 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/outbox-relay/outbox-relay/internal/brokerserver"
 	"github.com/outbox-relay/outbox-relay/sink"
 	"github.com/outbox-relay/outbox-relay/test/kafkatest"
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
 )
 
-// The brokers .ci/run starts; the environment may point elsewhere.
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
+// The brokers of these tests: private servers, each started on first use
+// and shared by the tests, or existing ones named by
+// OUTBOX_RELAY_TEST_{NATS,RABBITMQ,REDIS}_URL. TestMain stops them.
+var (
+	natsServer   = &brokerserver.Shared{Env: brokerserver.EnvNATSURL, Start: brokerserver.StartNATS}
+	rabbitServer = &brokerserver.Shared{Env: brokerserver.EnvRabbitMQURL, Start: brokerserver.StartRabbitMQ}
+	redisServer  = &brokerserver.Shared{Env: brokerserver.EnvRedisURL, Start: brokerserver.StartRedis}
+)
+
+func brokerURL(t *testing.T, sh *brokerserver.Shared) string {
+	t.Helper()
+	u, err := sh.URL()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return def
+	return u
 }
 
-var (
-	natsURL   = envOr("OUTBOX_RELAY_NATS_URL", "nats://127.0.0.1:4222")
-	rabbitURL = envOr("OUTBOX_RELAY_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-	redisURL  = envOr("OUTBOX_RELAY_REDIS_URL", "redis://127.0.0.1:6379/0")
-)
+// privateBroker starts a broker for one test alone (one it restarts).
+func privateBroker(t *testing.T, start func(context.Context, brokerserver.Options) (*brokerserver.Server, error)) *brokerserver.Server {
+	t.Helper()
+	b, err := start(t.Context(), brokerserver.Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
 
 // uniq returns a name no other test run uses.
 func uniq(prefix string) string { return fmt.Sprintf("%s%d", prefix, time.Now().UnixNano()) }
@@ -162,6 +175,7 @@ func natsArgs(url, stream string) []string {
 
 // Every event reaches the JetStream stream once, in order per aggregate.
 func TestNATSSinkEveryEventOnceInOrder(t *testing.T) {
+	natsURL := brokerURL(t, natsServer)
 	stream := uniq("e2enats")
 	t.Cleanup(func() { deleteNATSStream(natsURL, stream) })
 	r := newSinkRun(t, "natse2e", natsArgs(natsURL, stream)...)
@@ -188,6 +202,7 @@ func deleteNATSStream(url, stream string) {
 // restart, and the stream's duplicate window (Nats-Msg-Id) drops every
 // repeat: the stream holds each event once.
 func TestNATSDedupeDropsRedeliveryAfterCrash(t *testing.T) {
+	natsURL := brokerURL(t, natsServer)
 	ctx := t.Context()
 	stream := uniq("e2enatscrash")
 	t.Cleanup(func() { deleteNATSStream(natsURL, stream) })
@@ -218,80 +233,9 @@ func TestNATSDedupeDropsRedeliveryAfterCrash(t *testing.T) {
 	t.Logf("nats crash: %d events, %d in the stream before the kill, each stored once", r.sc.total(), len(afterKill))
 }
 
-// sinkFreePort returns a loopback port nothing listens on right now.
-func sinkFreePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// daemon is a private broker process this test owns.
-type daemon struct {
-	name string
-	args []string
-	port int
-	cmd  *exec.Cmd
-	out  *syncBuffer
-}
-
-func startDaemon(t *testing.T, name string, port int, args ...string) *daemon {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		for _, p := range []string{"/usr/sbin/" + name, "/usr/bin/" + name} {
-			if _, err := os.Stat(p); err == nil {
-				path = p
-			}
-		}
-		if path == "" {
-			t.Skipf("%s not installed (.ci/run installs it)", name)
-		}
-	}
-	d := &daemon{name: path, args: args, port: port, out: &syncBuffer{}}
-	d.start(t)
-	t.Cleanup(func() { d.kill() })
-	return d
-}
-
-func (d *daemon) start(t *testing.T) {
-	t.Helper()
-	d.cmd = exec.Command(d.name, d.args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", d.name, err)
-	}
-	waitFor(t, 30*time.Second, fmt.Sprintf("%s on port %d", d.name, d.port), func() (bool, error) {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", d.port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil, err
-	})
-}
-
-func (d *daemon) kill() {
-	if d.cmd != nil && d.cmd.Process != nil {
-		_ = d.cmd.Process.Kill()
-		_ = d.cmd.Wait()
-	}
-}
-
-// restart stops the broker (SIGTERM, then it is down for a moment) and
-// starts it again on the same port and data directory.
-func (d *daemon) restart(t *testing.T, down time.Duration) {
-	t.Helper()
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	_ = d.cmd.Wait()
-	time.Sleep(down)
-	d.start(t)
-}
-
 // brokerRestartLosesNothing writes events while the broker restarts and
 // checks every event arrives in order.
-func brokerRestartLosesNothing(t *testing.T, r *sinkRun, b *daemon, read func() ([]kafkatest.Record, error)) checkResult {
+func brokerRestartLosesNothing(t *testing.T, r *sinkRun, b *brokerserver.Server, read func() ([]kafkatest.Record, error)) checkResult {
 	t.Helper()
 	ctx := t.Context()
 	relay := r.start(t)
@@ -304,7 +248,14 @@ func brokerRestartLosesNothing(t *testing.T, r *sinkRun, b *daemon, read func() 
 		recs, err := read()
 		return len(recs) > 500, err
 	})
-	b.restart(t, time.Second)
+	// Down for a moment, as in a real restart, while the relay retries.
+	if err := b.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := <-writeErr; err != nil {
 		t.Fatalf("writing: %v", err)
 	}
@@ -318,9 +269,8 @@ func brokerRestartLosesNothing(t *testing.T, r *sinkRun, b *daemon, read func() 
 // A JetStream server restarted mid-stream loses nothing: publishes that
 // failed meanwhile are retried, and the duplicate window drops repeats.
 func TestNATSBrokerRestartLosesNothing(t *testing.T) {
-	port := sinkFreePort(t)
-	b := startDaemon(t, "nats-server", port, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir())
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	b := privateBroker(t, brokerserver.StartNATS)
+	url := b.URL()
 	stream := uniq("e2enatsrestart")
 	r := newSinkRun(t, "natsrestart", natsArgs(url, stream)...)
 	res := brokerRestartLosesNothing(t, r, b, func() ([]kafkatest.Record, error) { return readNATS(t.Context(), url, stream) })
@@ -369,6 +319,7 @@ func deleteRedisStreams(url, prefix string) {
 
 // Every event is appended to its Redis stream once, in order per aggregate.
 func TestRedisSinkEveryEventOnceInOrder(t *testing.T) {
+	redisURL := brokerURL(t, redisServer)
 	prefix := uniq("e2eredis")
 	t.Cleanup(func() { deleteRedisStreams(redisURL, prefix) })
 	r := newSinkRun(t, "redise2e", "--sink", "redis", "--redis-url", redisURL, "--redis-stream", prefix+".{aggregate_type}")
@@ -380,14 +331,11 @@ func TestRedisSinkEveryEventOnceInOrder(t *testing.T) {
 	}
 }
 
-// A Redis server (private, with an fsync'd append-only file) restarted
+// A Redis server (private, with an append-only file) stopped and started
 // mid-stream loses nothing; order per aggregate holds.
 func TestRedisBrokerRestartLosesNothing(t *testing.T) {
-	port := sinkFreePort(t)
-	dir := t.TempDir()
-	b := startDaemon(t, "redis-server", port, "--bind", "127.0.0.1", "--port", fmt.Sprint(port), "--dir", dir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always")
-	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
+	b := privateBroker(t, brokerserver.StartRedis)
+	url := b.URL()
 	prefix := uniq("e2eredisrestart")
 	r := newSinkRun(t, "redisrestart", "--sink", "redis", "--redis-url", url, "--redis-stream", prefix+".{aggregate_type}")
 	res := brokerRestartLosesNothing(t, r, b, func() ([]kafkatest.Record, error) { return readRedis(t.Context(), url, prefix) })
@@ -399,10 +347,11 @@ func TestRedisBrokerRestartLosesNothing(t *testing.T) {
 // Every event reaches a queue bound to the exchange once, in order per
 // aggregate.
 func TestRabbitMQSinkEveryEventOnceInOrder(t *testing.T) {
+	rabbitURL := brokerURL(t, rabbitServer)
 	name := uniq("e2erabbit")
 	conn, err := amqp.Dial(rabbitURL)
 	if err != nil {
-		t.Fatalf("RabbitMQ at 127.0.0.1:5672 (.ci/run starts it): %v", err)
+		t.Fatalf("RabbitMQ at %s: %v", rabbitURL, err)
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()
@@ -501,7 +450,7 @@ func TestWebhookSinkEveryEventInOrder(t *testing.T) {
 func TestStdoutSinkEveryEventOnceInOrder(t *testing.T) {
 	r := newSinkRun(t, "stdoute2e", "--sink", "stdout")
 	full := append([]string{"run", "--status-interval", "300ms", "--receive-timeout", "10s"}, r.args...)
-	cmd := exec.Command(relayBin, full...)
+	cmd := relayCmd(context.Background(), full...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

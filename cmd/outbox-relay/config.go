@@ -46,21 +46,52 @@ func applyConfigFile(c *cli.Context) error {
 			known[name] = f
 		}
 	}
+	// One file serves every command: each takes the keys it has flags for
+	// and passes over the other commands' (kafka-brokers means nothing to
+	// migrate).
+	elsewhere := map[string]bool{}
+	walkCommands(c.App.Commands, func(cmd *cli.Command) {
+		for _, f := range cmd.Flags {
+			for _, name := range f.Names() {
+				elsewhere[name] = true
+			}
+		}
+	})
 	for _, v := range values {
 		f, ok := known[v.key]
+		if !ok && elsewhere[v.key] && v.key != "config" && v.key != "help" {
+			continue
+		}
 		if !ok || v.key == "config" || v.key == "help" {
-			return usagef("%s:%d:%d: unknown key %q (keys are the flag names of `outbox-relay %s --help`)", path, v.line, v.col, v.key, c.Command.Name)
+			return usagef("%s:%d:%d: unknown key %q (keys are flag names, as `outbox-relay %s --help` lists them)", path, v.line, v.col, v.key, c.Command.FullName())
 		}
 		if c.IsSet(v.key) || envSet(f) {
 			continue // flag and environment win over the file
 		}
 		for _, s := range v.values {
 			if err := c.Set(v.key, s); err != nil {
-				return usagef("%s:%d:%d: key %q: %w", path, v.line, v.col, v.key, err)
+				return usagef("%s:%d:%d: key %q: %q is not a valid value%s", path, v.line, v.col, v.key, s, wantFor(c.Command, v.key))
 			}
 		}
 	}
 	return nil
+}
+
+// walkCommands calls fn for each command and subcommand.
+func walkCommands(cmds []*cli.Command, fn func(*cli.Command)) {
+	for _, cmd := range cmds {
+		fn(cmd)
+		walkCommands(cmd.Subcommands, fn)
+	}
+}
+
+// sharedSettings gives a command that takes some of run's settings (the
+// PostgreSQL URL, slot, publication, table...) the same sources as run: a
+// --config file besides the flags and OUTBOX_RELAY_* variables.
+func sharedSettings(cmd *cli.Command) *cli.Command {
+	cmd.Flags = append([]cli.Flag{configFlag()}, cmd.Flags...)
+	cmd.Before = applyConfigFile
+	return cmd
 }
 
 type configValue struct {

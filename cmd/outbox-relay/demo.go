@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -87,7 +88,7 @@ func runDemo(c *cli.Context) error {
 	url := pg.URL("postgres")
 
 	fmt.Fprintf(out, "PostgreSQL   %s (data dir %s, removed on exit)\n", url, pg.DataDir())
-	fmt.Fprintf(out, "Kafka broker %s   try: kcat -b %s -C -t outbox.order -f '%%k %%s\\n'\n", brokers[0], brokers[0])
+	fmt.Fprintf(out, "Kafka broker %s\n", brokers[0])
 
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -152,6 +153,7 @@ func runDemo(c *cli.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var runErr error
+	shown := false // the sample records
 loop:
 	for {
 		select {
@@ -171,6 +173,9 @@ loop:
 				break loop
 			}
 		case <-tick.C:
+			if !shown {
+				shown = printDemoSamples(out, st, brokers[0], url, slotCfg.Publication)
+			}
 			printDemoLine(ctx, out, conn, slotCfg.Slot, st)
 		}
 	}
@@ -180,6 +185,9 @@ loop:
 	}
 	stop()
 	wg.Wait()
+	if !shown {
+		printDemoSamples(out, st, brokers[0], url, slotCfg.Publication)
+	}
 	printDemoLine(context.Background(), out, conn, slotCfg.Slot, st)
 	fmt.Fprintln(out)
 	w, d, _, _ := st.snapshot()
@@ -221,6 +229,39 @@ type demoStats struct {
 	written   int64
 	delivered int64
 	latencies []time.Duration // since the last status line
+	samples   []*kgo.Record   // the first few records read back
+}
+
+// demoSamples is how many delivered records the demo shows.
+const demoSamples = 3
+
+// printDemoSamples shows the first records the consumer read, as a
+// consumer sees them, and how to read more; it reports whether there
+// were enough to show.
+func printDemoSamples(w io.Writer, st *demoStats, broker, pgURL, publication string) bool {
+	st.mu.Lock()
+	recs := slices.Clone(st.samples)
+	st.mu.Unlock()
+	if len(recs) < demoSamples {
+		return false
+	}
+	if isTerminal(w) {
+		fmt.Fprintln(w) // past the status line
+	}
+	fmt.Fprintf(w, "the first %d records delivered, as a Kafka consumer reads them:\n", len(recs))
+	for _, r := range recs {
+		var headers []string
+		for _, h := range r.Headers {
+			headers = append(headers, h.Key+"="+string(h.Value))
+		}
+		fmt.Fprintf(w, "  topic %s  partition %d  offset %d  key %s\n    headers %s\n    value   %s\n",
+			r.Topic, r.Partition, r.Offset, r.Key, strings.Join(headers, " "), r.Value)
+	}
+	fmt.Fprintf(w, "read more while the demo runs:\n"+
+		"  kcat -b %s -C -t outbox.order -f '%%t [%%p] @%%o key %%k headers %%h: %%s\\n'   (apt-get install kcat)\n"+
+		"  outbox-relay run --pg-url '%s' --publication %s --slot demo_stdout --sink stdout --metrics-addr ''   (the events as JSON lines, from a slot of its own: those written from now on)\n",
+		broker, pgURL, publication)
+	return true
 }
 
 func (s *demoStats) snapshot() (written, delivered int64, p50, p99 time.Duration) {
@@ -353,8 +394,12 @@ func consumeDemo(ctx context.Context, brokers []string, st *demoStats) error {
 		now := time.Now()
 		var n int64
 		var lats []time.Duration
+		var samples []*kgo.Record
 		fetches.EachRecord(func(r *kgo.Record) {
 			n++
+			if len(samples) < demoSamples {
+				samples = append(samples, r)
+			}
 			var p struct {
 				WrittenAt int64 `json:"written_at"`
 			}
@@ -365,6 +410,9 @@ func consumeDemo(ctx context.Context, brokers []string, st *demoStats) error {
 		st.mu.Lock()
 		st.delivered += n
 		st.latencies = append(st.latencies, lats...)
+		if len(st.samples) < demoSamples {
+			st.samples = append(st.samples, samples[:min(len(samples), demoSamples-len(st.samples))]...)
+		}
 		st.mu.Unlock()
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -30,16 +31,20 @@ func main() {
 	os.Exit(run(os.Args))
 }
 
-func run(args []string) int {
+func run(args []string) int { return runTo(args, os.Stdout, os.Stderr) }
+
+// runTo is run with the output and error streams given.
+func runTo(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	app := newApp()
+	app.Writer, app.ErrWriter = stdout, stderr
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(os.Stderr, "outbox-relay: %v\n", err)
+	fmt.Fprintf(stderr, "outbox-relay: %s\n", oneLine(err))
 	if isUsage(err) {
 		return exitUsage
 	}
@@ -47,24 +52,28 @@ func run(args []string) int {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "outbox-relay",
 		Usage:   "stream transactional-outbox rows from the PostgreSQL WAL to Kafka",
-		Version: version,
+		Version: versionText(),
+		Action:  unknownCommand,
 		// Errors are printed once, by run, with the exit code it chooses.
 		ExitErrHandler: func(*cli.Context, error) {},
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageErr(err)
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return usageErr(explainFlagError(c.App.Name, c.Command, err))
 		},
 		Commands: []*cli.Command{
 			runCommand(),
-			migrateCommand(),
+			sharedSettings(migrateCommand()),
 			slotCommand(),
 			demoCommand(),
 			configCommand(),
-			statusCommand(),
+			sharedSettings(statusCommand()),
+			versionCommand(),
 		},
 	}
+	oneLineUsageErrors(app.Commands)
+	return app
 }
 
 // usageError marks an error as bad usage or configuration: exit code 2.

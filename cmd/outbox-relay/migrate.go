@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/outbox-relay/outbox-relay/migrations"
+	"github.com/outbox-relay/outbox-relay/relay"
 )
 
 func migrateCommand() *cli.Command {
@@ -87,7 +88,7 @@ func connectPG(ctx context.Context, c *cli.Context) (*pgx.Conn, error) {
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, redact(fmt.Errorf("connecting to PostgreSQL: %w", err), cfg.Password)
+		return nil, redact(relay.ConnectError(err), cfg.Password)
 	}
 	return conn, nil
 }

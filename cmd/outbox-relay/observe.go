@@ -127,13 +127,18 @@ func pollSlot(ctx context.Context, log *slog.Logger, pgcfg *pgx.ConnConfig, slot
 		}
 	}()
 	failing := false
+	// The relay's session reports an unreachable server itself, with what
+	// to check; the poller repeating it first would only mislead.
+	connectFailed := false
 	poll := func() error {
+		connectFailed = false
 		pctx, cancel := context.WithTimeout(ctx, max(interval, 2*time.Second))
 		defer cancel()
 		if conn == nil {
 			c, err := pgx.ConnectConfig(pctx, pgcfg)
 			if err != nil {
-				return redact(fmt.Errorf("connecting to PostgreSQL: %w", err), pgcfg.Password)
+				connectFailed = true
+				return redact(relay.ConnectError(err), pgcfg.Password)
 			}
 			conn = c
 		}
@@ -155,10 +160,13 @@ func pollSlot(ctx context.Context, log *slog.Logger, pgcfg *pgx.ConnConfig, slot
 			return
 		case err != nil:
 			m.SlotPollFailed()
-			if !failing {
+			switch {
+			case connectFailed:
+				log.Debug("polling pg_replication_slots for the metrics", "slot", slotName, "err", err)
+			case !failing:
 				log.Warn("polling pg_replication_slots for the metrics", "slot", slotName, "err", err)
+				failing = true
 			}
-			failing = true
 		case failing:
 			log.Info("polling pg_replication_slots works again", "slot", slotName)
 			failing = false

@@ -5,8 +5,10 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/urfave/cli/v2"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
@@ -22,7 +24,7 @@ func runCommand() *cli.Command {
 		Name:   "run",
 		Usage:  "stream outbox inserts to the broker until stopped (SIGINT/SIGTERM drain and exit 0)",
 		Before: applyConfigFile,
-		Flags:  concatFlags(coreFlags(), kafkaFlags(), sinkFlags(), outboxFlags(), observeFlags(), logFlags()),
+		Flags:  categorized(concatFlags(coreFlags(), kafkaFlags(), sinkFlags(), outboxFlags(), observeFlags(), logFlags())),
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c, os.Stderr)
 			if err != nil {
@@ -69,19 +71,19 @@ func coreFlags() []cli.Flag {
 	return []cli.Flag{
 		configFlag(), pgURLFlag(), slotFlag(), publicationFlag(), tableFlag(),
 		&cli.BoolFlag{Name: "create-slot", Value: true, EnvVars: env("CREATE_SLOT"),
-			Usage: "create the publication and slot when missing (never after progress was made)"},
+			Usage: "create the publication (of --table) and the replication slot when missing, as slot create does (a slot is never recreated after progress was made)"},
 		&cli.StringFlag{Name: "columns", EnvVars: env("COLUMNS"),
 			Usage: "column mapping over the defaults, e.g. aggregate_type=aggregatetype,aggregate_id=aggregateid,event_type=type"},
 		&cli.StringFlag{Name: "topic", Value: "outbox.{aggregate_type}", EnvVars: env("TOPIC"),
 			Usage: "topic (or subject, stream...) template; {column} placeholders"},
 		&cli.DurationFlag{Name: "status-interval", Value: 10 * time.Second, EnvVars: env("STATUS_INTERVAL"),
-			Usage: "how often the confirmed position is reported to PostgreSQL"},
+			Usage: "how often a standby status update tells PostgreSQL the confirmed position, so that it can free WAL (also the keepalive that stops it ending the connection)"},
 		&cli.DurationFlag{Name: "receive-timeout", Value: 30 * time.Second, EnvVars: env("RECEIVE_TIMEOUT"),
 			Usage: "silence from PostgreSQL after which the connection is presumed dead"},
 		&cli.DurationFlag{Name: "heartbeat-interval", Value: 30 * time.Second, EnvVars: env("HEARTBEAT_INTERVAL"),
 			Usage: "when nothing was published for this long, write a heartbeat message so the slot advances even if only other tables or databases change (0: off)"},
 		&cli.StringFlag{Name: "on-error", EnvVars: env("ON_ERROR"),
-			Usage: "a poison event (a row that cannot become a record, or a record the broker refuses for its content): dead-letter (default for kafka) sends it to --dead-letter-topic and goes on; stop (default for other sinks) exits 1 without confirming past it and names the `slot skip` command that skips it. Broker outages and authorization errors are never poison: the relay pauses and retries"},
+			Usage: "a poison event (a row that cannot become a record, or a record the broker refuses for its content): dead-letter (default for kafka) sends it to --dead-letter-topic and goes on; stop (default for other sinks) exits 1 without confirming past it and names the slot skip command that skips it. Broker outages and authorization errors are never poison: the relay pauses and retries"},
 		&cli.StringFlag{Name: "dead-letter-topic", Value: "outbox.dead-letter", EnvVars: env("DEAD_LETTER_TOPIC"),
 			Usage: "topic for rejected events, with headers outbox-relay-error and outbox-relay-original-topic"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_TIMEOUT"),
@@ -105,7 +107,7 @@ func newLogger(c *cli.Context, w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", c.String("log-level"))
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: tidyAttr}
 	switch c.String("log-format") {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
@@ -114,6 +116,27 @@ func newLogger(c *cli.Context, w io.Writer) (*slog.Logger, error) {
 	default:
 		return nil, usagef("--log-format %q: want text or json", c.String("log-format"))
 	}
+}
+
+// tidyAttr writes a WAL position as PostgreSQL does, 0/3C7CDAB0, in JSON
+// logs too (where it would otherwise be a bare number), so that it reads
+// the same as in text logs, `status` and pg_replication_slots; and an
+// error on one line, each repeated line once (errors.Join and pgx's
+// per-address connection errors span lines, which log lines escape as
+// \n\t).
+func tidyAttr(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindAny {
+		return a
+	}
+	switch v := a.Value.Any().(type) {
+	case pglogrepl.LSN:
+		a.Value = slog.StringValue(v.String())
+	case error:
+		if msg := v.Error(); strings.Contains(msg, "\n") {
+			a.Value = slog.StringValue(oneLine(v))
+		}
+	}
+	return a
 }
 
 // relayConfig turns the core and outbox flags into a validated relay.Config.

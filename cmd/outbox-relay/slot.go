@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/slot"
 )
 
@@ -17,10 +21,10 @@ func slotCommand() *cli.Command {
 		Name:  "slot",
 		Usage: "manage the publication and the logical replication slot",
 		Subcommands: []*cli.Command{
-			slotCreateCommand(),
-			slotDropCommand(),
-			slotListCommand(),
-			slotSkipCommand(),
+			sharedSettings(slotCreateCommand()),
+			sharedSettings(slotDropCommand()),
+			sharedSettings(slotListCommand()),
+			sharedSettings(slotSkipCommand()),
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
@@ -92,8 +96,12 @@ func slotCreateCommand() *cli.Command {
 func slotDropCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "drop",
-		Usage: "drop the slot, then the publication; missing ones are reported, not errors",
-		Flags: []cli.Flag{pgURLFlag(), slotFlag(), publicationFlag()},
+		Usage: "drop the slot, then the publication; missing ones are reported, not errors. Refuses while the slot holds undelivered outbox events, unless --force",
+		Flags: []cli.Flag{pgURLFlag(), slotFlag(), publicationFlag(),
+			&cli.StringFlag{Name: "message-prefix", Value: decoder.DefaultMessagePrefix, EnvVars: env("MESSAGE_PREFIX"),
+				Usage: "as for run: the logical decoding message prefix of table-free events, counted as undelivered events too"},
+			&cli.BoolFlag{Name: "force", Usage: "drop the slot even though it holds undelivered outbox events (they are lost to the relay)"},
+		},
 		Action: func(c *cli.Context) error {
 			// Dropping needs no table; the placeholder only satisfies
 			// Validate, which checks the names before connecting.
@@ -106,6 +114,11 @@ func slotDropCommand() *cli.Command {
 				return err
 			}
 			defer conn.Close(context.Background())
+			if !c.Bool("force") {
+				if err := refuseWhilePending(c.Context, conn, cfg, c.String("message-prefix")); err != nil {
+					return err
+				}
+			}
 			ch, err := slot.Drop(c.Context, conn, cfg)
 			w := c.App.Writer
 			// Report what happened before a later step failed.
@@ -126,6 +139,26 @@ func slotDropCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// refuseWhilePending fails when the slot exists and holds outbox events the
+// relay has not confirmed: dropping it would lose them.
+func refuseWhilePending(ctx context.Context, conn *pgx.Conn, cfg slot.Config, messagePrefix string) error {
+	if _, ok, err := slot.Get(ctx, conn, cfg.Slot); err != nil || !ok {
+		return err
+	}
+	p, err := slot.PendingEvents(ctx, conn, cfg.Slot, cfg.Publication, messagePrefix)
+	if err != nil {
+		return fmt.Errorf("not dropping replication slot %s: cannot tell whether it holds undelivered outbox events (%v); "+
+			"stop the relay using it, or drop it anyway with --force", cfg.Slot, oneLine(err))
+	}
+	if p.Events == 0 {
+		return nil
+	}
+	age := time.Since(p.Oldest).Round(time.Second)
+	return fmt.Errorf("not dropping replication slot %s: it holds %d undelivered outbox event(s), the oldest committed %s ago (%s); "+
+		"run the relay until they are delivered (outbox-relay status shows the lag), or drop it anyway with --force, which loses them",
+		cfg.Slot, p.Events, age, p.Oldest.UTC().Format(time.RFC3339))
 }
 
 func slotListCommand() *cli.Command {

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/test/pgtest"
 )
@@ -107,25 +103,12 @@ func TestSlotCreateExitCodes(t *testing.T) {
 	}
 }
 
-// systemURL is the machine's own PostgreSQL, configured with wal_level =
-// replica. The test only reads from it: slot create stops at the check.
-const systemURL = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&connect_timeout=5"
-
+// slot create on a server with wal_level = replica stops at the check, says
+// what to change and exits 2.
 func TestSlotCreateOnWALLevelReplicaExitsTwo(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, systemURL)
-	if err != nil {
-		t.Skipf("no PostgreSQL at 127.0.0.1:5432: %v", err)
-	}
-	var level string
-	err = conn.QueryRow(ctx, "show wal_level").Scan(&level)
-	conn.Close(context.Background())
-	if err != nil || level != "replica" {
-		t.Skipf("the server at 127.0.0.1:5432 has wal_level %q (%v), not replica", level, err)
-	}
-	args := []string{"slot", "create", "--pg-url", systemURL, "--slot", "never_created"}
-	_, err = runOutput(t, args...)
+	srv := pgtest.NewServer(t, map[string]string{"wal_level": "replica"})
+	args := []string{"slot", "create", "--pg-url", srv.URL("postgres"), "--slot", "never_created"}
+	_, err := runOutput(t, args...)
 	if err == nil || !strings.Contains(err.Error(), "wal_level is 'replica'; set wal_level = logical") {
 		t.Errorf("slot create: %v", err)
 	}
@@ -142,5 +125,58 @@ func TestWALBytes(t *testing.T) {
 		if got := walBytes(n); got != want {
 			t.Errorf("walBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// status fails (exit 1) when there is no slot to report on: none on the
+// server at all, or not the one --slot names.
+func TestStatusWithoutASlotExitsOne(t *testing.T) {
+	srv := pgtest.NewServer(t, nil) // a server of its own: no other test's slots
+	url := srv.URL("postgres")
+	for _, args := range [][]string{{"status", "--pg-url", url}, {"status", "--pg-url", url, "--slot", "no_such_slot"}, {"status", "--pg-url", url, "--json"}} {
+		code, _, stderr := runCaptured(args...)
+		if code != exitFailure || !strings.Contains(stderr, "slot create") {
+			t.Errorf("%v: exit %d (%q), want %d saying how to create one", args, code, stderr, exitFailure)
+		}
+	}
+}
+
+// slot drop refuses while the slot holds outbox events the relay has not
+// delivered, says how many and how old, and drops with --force.
+func TestSlotDropRefusesWhileEventsWait(t *testing.T) {
+	db := pgtest.New(t)
+	flags := []string{"--pg-url", db.URL, "--slot", db.Name, "--publication", "pending_pub"}
+	if code := exitCode("migrate", "--pg-url", db.URL); code != exitOK {
+		t.Fatalf("migrate: exit %d", code)
+	}
+	if code := exitCode(append([]string{"slot", "create"}, flags...)...); code != exitOK {
+		t.Fatalf("slot create: exit %d", code)
+	}
+	// Four events: three rows in two transactions and a table-free event
+	// (a message with the outbox prefix); a row of another table and a
+	// heartbeat are not events.
+	db.Exec(t, `insert into outbox (aggregate_type, aggregate_id, event_type, payload) values
+		('order', '1', 'created', '{}'), ('order', '2', 'created', '{}')`)
+	db.Exec(t, `create table other (x int)`)
+	db.Exec(t, `insert into other values (1)`)
+	db.Exec(t, `insert into outbox (aggregate_type, aggregate_id, event_type, payload) values ('order', '3', 'created', '{}')`)
+	db.Exec(t, `select pg_logical_emit_message(true, 'outbox', '{}')`)
+	db.Exec(t, `select pg_logical_emit_message(true, 'outbox-relay.heartbeat', 'x')`)
+
+	code, stdout, stderr := runCaptured(append([]string{"slot", "drop"}, flags...)...)
+	if code != exitFailure {
+		t.Fatalf("slot drop with 4 events waiting: exit %d, want %d (%s%s)", code, exitFailure, stdout, stderr)
+	}
+	for _, want := range []string{"not dropping replication slot " + db.Name, "holds 4 undelivered outbox event(s)", "the oldest committed", "--force"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("refusal %q does not say %q", stderr, want)
+		}
+	}
+	if out, err := runOutput(t, "status", "--pg-url", db.URL, "--slot", db.Name); err != nil || !strings.Contains(out, db.Name) {
+		t.Fatalf("the slot is gone after a refused drop: %q, %v", out, err)
+	}
+	code, stdout, stderr = runCaptured(append([]string{"slot", "drop", "--force"}, flags...)...)
+	if code != exitOK || !strings.Contains(stdout, "dropped replication slot "+db.Name) {
+		t.Fatalf("slot drop --force: exit %d\n%s%s", code, stdout, stderr)
 	}
 }

@@ -56,8 +56,11 @@ func statusCommand() *cli.Command {
 					problems = append(problems, rows[i].Problem)
 				}
 			}
-			if name := c.String("slot"); name != "" && len(rows) == 0 {
-				problems = append(problems, fmt.Sprintf("replication slot %s does not exist", name))
+			switch name := c.String("slot"); {
+			case name != "" && len(rows) == 0:
+				problems = append(problems, fmt.Sprintf("replication slot %s does not exist; outbox-relay slot create (or run, which creates it) makes it", name))
+			case len(rows) == 0:
+				problems = append(problems, "no replication slot on this server; outbox-relay slot create (or run, which creates one) makes it")
 			}
 			if c.Bool("json") {
 				err = writeStatusJSON(c.App.Writer, rows)
