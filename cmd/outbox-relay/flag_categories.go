@@ -41,6 +41,8 @@ var flagCategory = map[string]string{
 	"message-prefix": catOutbox,
 	"prune-after":    catOutbox,
 
+	"exactly-once": catKafka,
+
 	"metrics-addr":       catMonitoring,
 	"slot-poll-interval": catMonitoring,
 	"log-format":         catMonitoring,
