@@ -6,6 +6,7 @@ package replication
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -313,6 +314,14 @@ func (s *Stream) Start(ctx context.Context, start pglogrepl.LSN) error {
 	return nil
 }
 
+// confirmSoon is how soon after WAL data was handed to the pipeline Run
+// looks whether the safe position moved, and confirms it if it did: a
+// crash then repeats about a second of events rather than a status
+// interval's. It looks again every confirmSoon while anything received is
+// unconfirmed, and not at all when everything is: an idle stream costs
+// nothing more.
+const confirmSoon = time.Second
+
 // holdMax bounds how long Run holds a batch that is not worth a hand-off
 // yet: a transaction whose commit has not arrived, or keepalives alone.
 const holdMax = time.Millisecond
@@ -342,11 +351,14 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 	// still open, or keepalives alone, are held for at most holdMax.
 	batch := newBatch()
 	var (
-		holdUntil  time.Time // when the held batch is handed off anyway
-		inTxn      bool      // the last XLogData was inside a transaction
-		hasData    bool      // batch holds XLogData, not only keepalives
-		batchBytes int       // WAL data in batch
+		holdUntil  time.Time     // when the held batch is handed off anyway
+		inTxn      bool          // the last XLogData was inside a transaction
+		hasData    bool          // batch holds XLogData, not only keepalives
+		batchBytes int           // WAL data in batch
+		confirmAt  time.Time     // when to look at the safe position; zero: not armed
+		lastEnd    pglogrepl.LSN // end LSN of the newest commit received
 	)
+	soon := min(confirmSoon, interval)
 	co := newCoalescer(s.conn.Conn(), s.cfg.Coalesce)
 	flush := func() error {
 		if len(batch) == 0 {
@@ -364,6 +376,9 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 				lastHeard = time.Now()
 			}
 			co.handedOff(now)
+			if confirmAt.IsZero() {
+				confirmAt = now.Add(soon)
+			}
 		} else {
 			// Keepalives are only offered: a busy pipeline does not need
 			// them, and the next one supersedes them.
@@ -402,6 +417,18 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 			}
 			nextStatus = now.Add(interval)
 		}
+		if !confirmAt.IsZero() && !now.Before(confirmAt) {
+			lsn := safe()
+			if lsn > pglogrepl.LSN(s.lastSent.Load()) {
+				if err := s.sendStatus(lsn, false); err != nil {
+					return err
+				}
+			}
+			confirmAt = time.Time{}
+			if lsn < lastEnd {
+				confirmAt = now.Add(soon) // more to confirm: look again
+			}
+		}
 		if silent := now.Sub(lastHeard); silent > s.cfg.ReceiveTimeout {
 			return fmt.Errorf("no message from the server for %s (receive timeout %s): connection presumed dead", silent.Round(time.Second), s.cfg.ReceiveTimeout)
 		}
@@ -414,6 +441,9 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 		}
 		co.tick(now)
 		next := co.deadline(nextStatus)
+		if !confirmAt.IsZero() && confirmAt.Before(next) {
+			next = confirmAt
+		}
 		if len(batch) > 0 && holdUntil.Before(next) {
 			next = holdUntil
 		}
@@ -494,6 +524,10 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglo
 						inTxn = true
 					case 'C':
 						inTxn = false
+						// Commit: flags, commit LSN, end LSN, timestamp.
+						if len(xld.WALData) >= 18 {
+							lastEnd = pglogrepl.LSN(binary.BigEndian.Uint64(xld.WALData[10:18]))
+						}
 					}
 				}
 				// The receive buffer is reused by the next read: copy.

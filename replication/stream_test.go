@@ -433,3 +433,57 @@ func TestParsePGDuration(t *testing.T) {
 		}
 	}
 }
+
+// With a long status interval, the safe position is still confirmed about
+// a second after it moves, also when the broker acknowledges late (the
+// first look finds nothing new): a crash then repeats about a second of
+// events, not a status interval's.
+func TestStreamConfirmsSoonAfterTheSafePositionMoves(t *testing.T) {
+	db, start := testSlot(t)
+	var safe atomic.Uint64
+	safe.Store(uint64(start))
+	_, out, done := startStream(t, db, start, Config{StatusInterval: time.Minute}, func() pglogrepl.LSN { return pglogrepl.LSN(safe.Load()) })
+	conn := db.Conn(t)
+	confirmed := func() pglogrepl.LSN {
+		var s string
+		if err := conn.QueryRow(t.Context(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		lsn, _ := pglogrepl.ParseLSN(s)
+		return lsn
+	}
+	for i, ackAfter := range []time.Duration{0, 1500 * time.Millisecond} {
+		db.Exec(t, `INSERT INTO t VALUES ($1, 'x')`, i)
+		var end pglogrepl.LSN
+		for end == 0 {
+			select {
+			case batch := <-out:
+				for _, m := range batch {
+					if m.Data != nil && m.Data[0] == 'C' {
+						end = commitEnd(m.Data)
+					}
+				}
+				Release(batch)
+			case err := <-done:
+				t.Fatalf("Run ended: %v", err)
+			case <-time.After(30 * time.Second):
+				t.Fatal("the row's commit not received")
+			}
+		}
+		// The broker's acknowledgement, ackAfter from now (the load's
+		// shape, not a synchronisation).
+		acked := make(chan time.Time, 1)
+		time.AfterFunc(ackAfter, func() {
+			safe.Store(uint64(end))
+			acked <- time.Now()
+		})
+		at := <-acked
+		for confirmed() != end {
+			if time.Since(at) > 4*time.Second {
+				t.Fatalf("row %d: slot at %s %s after its commit %s became safe (status interval 1m): not confirmed soon", i, confirmed(), time.Since(at).Round(time.Millisecond), end)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("row %d (acknowledged %s after receipt): confirmed %s after it became safe", i, ackAfter, time.Since(at).Round(time.Millisecond))
+	}
+}

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -377,4 +378,66 @@ func walsenderPID(t *testing.T, db *pgtest.DB, slot string) int {
 		t.Fatalf("slot %s has no active walsender", slot)
 	}
 	return *pid
+}
+
+// A relay SIGKILLed while events arrive at about 5,000 a second, with the
+// default status interval (10s): nothing is lost, nothing confirmed is sent
+// again, and it reports how many events the restart repeated (the safe
+// position is confirmed about a second after it moves, so that is about a
+// second's worth rather than up to ten).
+func TestCrashAtSteadyRateRepeatsOnlyUnconfirmed(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	brokers := kafkatest.NewCluster(t).ListenAddrs()
+	db := pgtest.New(t)
+	migrate(t, db)
+	sc := newScenario(t, db, 50)
+	args := []string{"--pg-url", db.URL, "--kafka-brokers", strings.Join(brokers, ","), "--slot", "steady", "--publication", "steady"}
+	relay := startRelayDefaults(t, args...)
+	waitSlotActive(t, db, "steady")
+
+	// About 476 transactions of 10.5 events on average a second: the
+	// load's shape, nothing is synchronised by it.
+	const txPerSecond = 476
+	var (
+		mu      sync.Mutex
+		next    = time.Now()
+		written atomic.Int64
+	)
+	pace := func() {
+		written.Add(1)
+		mu.Lock()
+		next = next.Add(time.Second / txPerSecond)
+		at := next
+		mu.Unlock()
+		<-time.After(time.Until(at))
+	}
+	writeErr := make(chan error, 1)
+	go func() { writeErr <- sc.writeConcurrently(ctx, 4, 60000, 20, pace) }()
+	waitFor(t, 60*time.Second, "six seconds of steady writes", func() (bool, error) {
+		return written.Load() >= 6*txPerSecond, nil
+	})
+	if err := relay.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-relay.done
+	waitSlotReleased(t, db, "steady")
+	confirmed, err := slotConfirmed(ctx, db, "steady")
+	if err != nil {
+		t.Fatal(err)
+	}
+	safeIDs := sc.confirmedBefore(confirmed)
+	startRelayDefaults(t, args...)
+	if err := <-writeErr; err != nil {
+		t.Fatalf("writing: %v", err)
+	}
+	recs := sc.readBack(t, brokers)
+	res := sc.check(t, recs)
+	for _, id := range res.duplicates {
+		if safeIDs[id] {
+			t.Fatalf("event %s was confirmed (slot at %s) yet sent again", id, confirmed)
+		}
+	}
+	t.Logf("kill at ~5,000 events/s, status interval 10s: %d events written, %d delivered, %d repeated after the restart",
+		sc.total(), res.delivered, len(res.duplicates))
 }
