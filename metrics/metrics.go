@@ -60,6 +60,7 @@ type Metrics struct {
 	headersDropped      prometheus.Counter
 	reconnects          *prometheus.CounterVec
 	latency             prometheus.Histogram
+	txnCommit, txnSize  prometheus.Histogram
 	streaming, standby  prometheus.Gauge
 	retained, safeWAL   prometheus.Gauge
 	walStatus           *prometheus.GaugeVec
@@ -138,6 +139,12 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "end_to_end_latency_seconds",
 		Help:    "Time from the transaction's commit in PostgreSQL to the broker's acknowledgement of each event.",
 		Buckets: LatencyBuckets})
+	m.txnCommit = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "kafka_transaction_commit_seconds",
+		Help:    "With --exactly-once: how long committing each Kafka transaction took (the checkpoint record, the producer's flush and the commit).",
+		Buckets: LatencyBuckets})
+	m.txnSize = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "kafka_transaction_events",
+		Help:    "With --exactly-once: events (dead letters included) per committed Kafka transaction.",
+		Buckets: prometheus.ExponentialBuckets(1, 4, 9)})
 	m.streaming = gauge("streaming", "1 while the relay streams from its slot, else 0.")
 	m.standby = gauge("standby", "1 while the relay waits because another process holds its slot, else 0.")
 	m.retained = gauge("slot_retained_wal_bytes", "WAL the slot keeps on the server (current WAL position - restart_lsn), polled from pg_replication_slots.")
@@ -155,7 +162,7 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 
 	for _, c := range []prometheus.Collector{
 		m.eventsVec, m.bytesVec, m.publishErrors, m.deadLettered, m.transactions, m.heartbeats, m.rowsPruned, m.headersDropped,
-		m.reconnects, m.latency, m.streaming, m.standby, m.retained, m.safeWAL, m.walStatus,
+		m.reconnects, m.latency, m.txnCommit, m.txnSize, m.streaming, m.standby, m.retained, m.safeWAL, m.walStatus,
 		m.slotPollErrors, buildInfo, newProgressCollector(m),
 	} {
 		if err := reg.Register(c); err != nil {
@@ -222,6 +229,13 @@ func (m *Metrics) RowsPruned(n int) { m.rowsPruned.Add(float64(n)) }
 // HeaderDropped counts one header key left out of an event. It implements
 // relay.Observer.
 func (m *Metrics) HeaderDropped(string, string) { m.headersDropped.Inc() }
+
+// TransactionCommitted observes a committed Kafka transaction
+// (relay.TxnObserver).
+func (m *Metrics) TransactionCommitted(latency time.Duration, events int) {
+	m.txnCommit.Observe(latency.Seconds())
+	m.txnSize.Observe(float64(events))
+}
 
 // HeartbeatSent counts one heartbeat written to the WAL.
 func (m *Metrics) HeartbeatSent() { m.heartbeats.Inc() }

@@ -367,3 +367,28 @@ func BenchmarkEventAcked(b *testing.B) {
 		}
 	})
 }
+
+// Committed Kafka transactions are observed: their commit latency and
+// size. The relay finds the method through relay.TxnObserver.
+func TestKafkaTransactionsAreObserved(t *testing.T) {
+	m, _ := newTestMetrics(t, Options{})
+	var _ relay.TxnObserver = m
+	m.TransactionCommitted(20*time.Millisecond, 100)
+	m.TransactionCommitted(40*time.Millisecond, 300)
+	for _, c := range []struct {
+		h         prometheus.Histogram
+		name      string
+		sum       float64
+		tolerance float64
+	}{{m.txnCommit, "commit seconds", 0.06, 1e-9}, {m.txnSize, "events", 400, 0}} {
+		ch := make(chan prometheus.Metric, 1)
+		c.h.Collect(ch)
+		var pb dto.Metric
+		if err := (<-ch).Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		if n, sum := pb.GetHistogram().GetSampleCount(), pb.GetHistogram().GetSampleSum(); n != 2 || sum < c.sum-c.tolerance || sum > c.sum+c.tolerance {
+			t.Errorf("%s: %d observations summing to %v, want 2 summing to %v", c.name, n, sum, c.sum)
+		}
+	}
+}

@@ -182,16 +182,22 @@ func TestExactlyOnceThroughProduceErrors(t *testing.T) {
 		return produceError(req, 6 /* NOT_LEADER_OR_FOLLOWER */), nil, true
 	})
 	brokers := cluster.ListenAddrs()
-	startRelay(t, eosArgs(db, brokers, "eos_perr", "--create-slot")...)
+	addr := freeAddr(t)
+	startRelay(t, eosArgs(db, brokers, "eos_perr", "--create-slot", "--metrics-addr", addr)...)
 	waitSlotActive(t, db, "eos_perr")
 	if err := sc.writeConcurrently(t.Context(), 4, 4000, 20, nil); err != nil {
 		t.Fatalf("writing: %v", err)
 	}
 	res := exactlyOnce(t, sc, sc.readBack(t, brokers))
+	m := mustScrape(t, addr)
+	txns, events := m.sum("outbox_relay_kafka_transaction_commit_seconds_count"), m.sum("outbox_relay_kafka_transaction_events_sum")
+	if txns < 1 || events != float64(sc.total()) {
+		t.Fatalf("metrics: %v Kafka transactions holding %v events; want some, holding the %d events", txns, events, sc.total())
+	}
 	if failed.Load() < 30 {
 		t.Fatalf("only %d produce requests failed: the fault was not exercised", failed.Load())
 	}
-	t.Logf("produce errors: %d requests, %d failed; %d delivered, 0 repeats", n.Load(), failed.Load(), res.delivered)
+	t.Logf("produce errors: %d requests, %d failed; %d delivered, 0 repeats; %v Kafka transactions", n.Load(), failed.Load(), res.delivered, txns)
 }
 
 // The crash between the Kafka commit and the confirmation to PostgreSQL,
