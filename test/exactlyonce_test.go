@@ -341,3 +341,42 @@ func TestExactlyOnceStandbyTakeoverFencesTheFrozenRelay(t *testing.T) {
 	}
 	t.Logf("standby takeover after SIGSTOP: %d events, %d delivered, 0 repeats", sc.total(), res.delivered)
 }
+
+// One PostgreSQL transaction far larger than a Kafka transaction may hold
+// goes out in several, each checkpoint counting the rows published of it;
+// a kill in its middle, and the restart publishes only the rest.
+func TestExactlyOnceKillInsideATransactionLargerThanAKafkaOne(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db := pgtest.New(t)
+	migrate(t, db)
+	sc := newScenario(t, db, 50)
+	brokers := kafkatest.NewCluster(t).ListenAddrs()
+	args := eosArgs(db, brokers, "eos_big", "--create-slot", "--kafka-txn-max-events", "500", "--max-in-flight", "1000")
+	relay := startRelay(t, args...)
+	waitSlotActive(t, db, "eos_big")
+	if err := sc.writeBulk(ctx, db.Conn(t), 60000); err != nil {
+		t.Fatal(err)
+	}
+	// Some of it committed to Kafka, not all: the kill lands inside it.
+	readCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := kafkatest.ReadN(readCtx, brokers, topics, 2000); err != nil {
+		t.Fatalf("waiting for part of the transaction in Kafka: %v", err)
+	}
+	if err := relay.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-relay.done
+	before, _ := kafkatest.ReadAll(ctx, brokers, topics, 200*time.Millisecond)
+	if len(before) >= 60000 {
+		t.Fatalf("all %d events were committed before the kill: it did not land inside the transaction", len(before))
+	}
+	waitSlotReleased(t, db, "eos_big")
+	relay = startRelay(t, args...)
+	res := exactlyOnce(t, sc, sc.readBack(t, brokers))
+	if !strings.Contains(relay.out.String(), "skipped events the Kafka checkpoint shows committed already") {
+		t.Fatal("the restarted relay did not skip the rows the checkpoint counted")
+	}
+	t.Logf("kill inside a 60,000-row transaction with %d of its events committed in Kafka: %d delivered, 0 repeats", len(before), res.delivered)
+}
