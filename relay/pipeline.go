@@ -123,6 +123,9 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, r
 		case <-lingered:
 			// The stream went quiet with a broker transaction open.
 			if err := p.eos.lingered(pubCtx, p.inTxn); err != nil {
+				if cause := context.Cause(pubCtx); cause != nil {
+					return cause // an ack's failure says more
+				}
 				return err
 			}
 		case now := <-progressTick:

@@ -227,10 +227,16 @@ wait:
 			return err
 		}
 	}
-	if err == nil {
-		err = k.waitReturned()
+	// Also after an error: the failed record's error says what happened.
+	if rerr := k.waitReturned(); err == nil {
+		err = rerr
 	}
 	if err != nil {
+		t.mu.Lock()
+		if t.failed != nil {
+			err = t.failed // what put the transaction in error
+		}
+		t.mu.Unlock()
 		err = k.txnError("committing the Kafka transaction", err)
 		k.abortTxn(err)
 		return err

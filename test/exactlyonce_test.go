@@ -380,3 +380,97 @@ func TestExactlyOnceKillInsideATransactionLargerThanAKafkaOne(t *testing.T) {
 	}
 	t.Logf("kill inside a 60,000-row transaction with %d of its events committed in Kafka: %d delivered, 0 repeats", len(before), res.delivered)
 }
+
+// An event Publish refuses (larger than a record may be) is dead-lettered
+// in the same Kafka transaction as the events around it: the dead letter
+// and every event are visible once, and the session never restarts.
+func TestExactlyOnceDeadLetterInTheSameTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db := pgtest.New(t)
+	migrate(t, db)
+	sc := newScenario(t, db, 10)
+	brokers := kafkatest.NewCluster(t).ListenAddrs()
+	relay := startRelay(t, eosArgs(db, brokers, "eos_dlq", "--create-slot")...)
+	waitSlotActive(t, db, "eos_dlq")
+	if err := sc.writeConcurrently(ctx, 1, 100, 5, nil); err != nil {
+		t.Fatal(err)
+	}
+	huge := insertHuge(t, db)
+	if err := sc.writeConcurrently(ctx, 1, 100, 5, nil); err != nil {
+		t.Fatal(err)
+	}
+	readCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	dead, err := kafkatest.ReadN(readCtx, brokers, []string{"outbox.dead-letter"}, 1)
+	if err != nil {
+		t.Fatalf("reading the dead-letter topic: %v", err)
+	}
+	if dead[0].Headers["id"] != huge {
+		t.Fatalf("dead letter of %s, want %s", dead[0].Headers["id"], huge)
+	}
+	exactlyOnce(t, sc, sc.readBack(t, brokers))
+	if again, _ := kafkatest.ReadAll(ctx, brokers, []string{"outbox.dead-letter"}, time.Second); len(again) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(again))
+	}
+	if strings.Contains(relay.out.String(), "reconnecting") {
+		t.Fatal("the session restarted at the refused event")
+	}
+}
+
+// An event the broker rejects after accepting it into a transaction aborts
+// that transaction; the next session sets the event aside in stream order,
+// and a consumer reading committed data sees its dead letter and every
+// other event once.
+func TestExactlyOnceBrokerRejectionInsideATransaction(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	db := pgtest.New(t)
+	migrate(t, db)
+	sc := newScenario(t, db, 10)
+	cluster := kafkatest.NewCluster(t)
+	var rejected atomic.Int64
+	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		for _, rt := range req.(*kmsg.ProduceRequest).Topics {
+			if rt.Topic == "outbox.refused" {
+				rejected.Add(1)
+				return produceError(req, 87 /* INVALID_RECORD */), nil, true
+			}
+		}
+		return nil, nil, false
+	})
+	brokers := cluster.ListenAddrs()
+	relay := startRelay(t, eosArgs(db, brokers, "eos_reject", "--create-slot")...)
+	waitSlotActive(t, db, "eos_reject")
+	if err := sc.writeConcurrently(ctx, 1, 100, 5, nil); err != nil {
+		t.Fatal(err)
+	}
+	readCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := kafkatest.ReadN(readCtx, brokers, topics, 100); err != nil {
+		t.Fatal(err)
+	}
+	var refused string
+	if err := db.Conn(t).QueryRow(ctx, `insert into outbox (aggregate_type, aggregate_id, event_type, payload)
+		values ('refused', 'agg-r', 'refused', '{"n":1}') returning id::text`).Scan(&refused); err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.writeConcurrently(ctx, 1, 100, 5, nil); err != nil {
+		t.Fatal(err)
+	}
+	dead, err := kafkatest.ReadN(readCtx, brokers, []string{"outbox.dead-letter"}, 1)
+	if err != nil {
+		t.Fatalf("reading the dead-letter topic: %v", err)
+	}
+	if dead[0].Headers["id"] != refused || dead[0].Headers["outbox-relay-original-topic"] != "outbox.refused" {
+		t.Fatalf("dead letter headers %v: want id %s from outbox.refused", dead[0].Headers, refused)
+	}
+	exactlyOnce(t, sc, sc.readBack(t, brokers))
+	if n, _ := kafkatest.ReadAll(ctx, brokers, []string{"outbox.refused"}, time.Second); len(n) != 0 {
+		t.Fatalf("%d records of the refused topic visible to read_committed", len(n))
+	}
+	if rejected.Load() == 0 || !strings.Contains(relay.out.String(), "rejected inside a Kafka transaction") {
+		t.Fatalf("the broker's rejection was not exercised (%d produce requests refused)", rejected.Load())
+	}
+}
