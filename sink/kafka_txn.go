@@ -534,8 +534,16 @@ func (k *Kafka) ensureCheckpointTopic() error {
 	}
 	rf := int16(min(3, len(k.client.Brokers())))
 	compact := "compact"
+	// Kafka 4 no longer answers CreateTopics versions 0 and 1.
+	version := int16(1)
+	switch {
+	case k.version.IsAtLeast(sarama.V2_0_0_0):
+		version = 3
+	case k.version.IsAtLeast(sarama.V1_0_0_0):
+		version = 2
+	}
 	req := &sarama.CreateTopicsRequest{
-		Version: 1,
+		Version: version,
 		TopicDetails: map[string]*sarama.TopicDetail{topic: {
 			NumPartitions: 1, ReplicationFactor: rf,
 			ConfigEntries: map[string]*string{"cleanup.policy": &compact},

@@ -33,3 +33,16 @@ func TestApacheGracefulStopThenRestartSendsNoDuplicates(t *testing.T) {
 	t.Parallel()
 	gracefulStopNoDuplicates(t, kafkatest.StartApache(t, 1).Brokers())
 }
+
+// TestExactlyOnceThroughTenKills against Apache Kafka's transactions.
+func TestApacheExactlyOnceThroughTenKills(t *testing.T) {
+	t.Parallel()
+	exactlyOnceThroughKills(t, kafkatest.StartApache(t, 1).Brokers(), "eos_kills_apache")
+}
+
+// TestExactlyOnceStandbyTakeoverFencesTheFrozenRelay against Apache Kafka,
+// whose transaction coordinator does the fencing.
+func TestApacheExactlyOnceStandbyTakeoverFencesTheFrozenRelay(t *testing.T) {
+	t.Parallel()
+	standbyTakeoverFencesTheFrozenRelay(t, kafkatest.StartApache(t, 1).Brokers())
+}

@@ -594,8 +594,7 @@ func (w *confirmWatcher) close() {
 	<-w.done
 }
 
-// endOffsets lists the end offset of every partition of the topics, as a
-// consumer reading committed data sees it.
+// endOffsets lists the end offset of every partition of the topics.
 func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[string]map[int32]int64, error) {
 	meta := kmsg.NewPtrMetadataRequest()
 	for _, tp := range topics {
@@ -607,10 +606,12 @@ func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[strin
 	if err != nil {
 		return nil, err
 	}
+	// The high watermark: what the broker has. (Not the last stable
+	// offset: with --exactly-once the relay confirms once Kafka's commit
+	// is decided, and the markers that make the records visible to
+	// read_committed consumers are written a moment later; a commit
+	// decided is never undone.)
 	req := kmsg.NewPtrListOffsetsRequest()
-	// The last stable offset: what a consumer reading committed data can
-	// see (the high watermark, with no transactions open).
-	req.IsolationLevel = 1
 	for _, mt := range mresp.Topics {
 		if mt.ErrorCode != 0 || mt.Topic == nil {
 			continue // topic not created yet: nothing published to it
