@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -204,5 +205,39 @@ func TestUnreachableTempDirSaysWhatToDo(t *testing.T) {
 	_, err := Start(t.Context(), Options{})
 	if err == nil || !strings.Contains(err.Error(), "TMPDIR") {
 		t.Fatalf("err = %v, want advice about TMPDIR", err)
+	}
+}
+
+// Each major version the project tests on starts from its own binaries:
+// the system's, or those scripts/fetch-postgres.sh cached.
+func TestVersionRunsThatMajorVersion(t *testing.T) {
+	for _, major := range []int{15, 16, 17, 18} {
+		t.Run(strconv.Itoa(major), func(t *testing.T) {
+			if _, err := BinDirFor(major); err != nil {
+				if os.Getenv("CI") != "" {
+					t.Fatal(err)
+				}
+				t.Skipf("%v (CI fetches them)", err)
+			}
+			s := startServer(t, Options{Version: major})
+			if s.Major() != major {
+				t.Fatalf("Major() = %d, want %d", s.Major(), major)
+			}
+			conn := connect(t, s.URL("postgres"))
+			if got := show(t, conn, "server_version_num"); !strings.HasPrefix(got, strconv.Itoa(major)) {
+				t.Fatalf("server_version_num = %s, want PostgreSQL %d", got, major)
+			}
+			if got := show(t, conn, "wal_level"); got != "logical" {
+				t.Fatalf("wal_level = %q, want logical", got)
+			}
+		})
+	}
+}
+
+func TestMissingVersionSaysHowToFetchIt(t *testing.T) {
+	t.Setenv(EnvCache, t.TempDir())
+	_, err := Start(t.Context(), Options{Version: 9})
+	if !errors.Is(err, ErrBinariesNotFound) || !strings.Contains(err.Error(), "scripts/fetch-postgres.sh 9") {
+		t.Fatalf("Start of a version not installed: %v; want ErrBinariesNotFound naming scripts/fetch-postgres.sh 9", err)
 	}
 }
