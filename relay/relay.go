@@ -431,7 +431,7 @@ func (r *Relay) checkServer(ctx context.Context) (pglogrepl.LSN, error) {
 		}
 	}
 	if info.WALStatus == "lost" {
-		return 0, fatal(slot.LostError(r.cfg.Slot.Slot))
+		return 0, fatal(slot.LostError(r.cfg.Slot.Slot, info.InvalidationReason))
 	}
 	if info.ConfirmedFlush == 0 {
 		return 0, fmt.Errorf("replication slot %s has no confirmed position yet", r.cfg.Slot.Slot)
