@@ -1,0 +1,109 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/slot"
+)
+
+// ErrSlotMissingAfterFailover is wrapped by Run's error when the server the
+// relay reconnected to, after streaming from another, does not have the
+// slot: a standby was promoted without a copy of it, and the events after
+// the relay's last confirmed position may never be delivered.
+var ErrSlotMissingAfterFailover = errors.New("replication slot missing after a failover")
+
+// primaryWatch is what the relay remembers across sessions about the
+// primary it streams from, to recognise a promoted standby (a new
+// timeline) when it reconnects, and to check the slot it finds there
+// against what it acknowledged on the old one.
+type primaryWatch struct {
+	// timeline is the WAL timeline of the server of the last session that
+	// streamed; 0 before one did.
+	timeline uint32
+	// acked is the highest position the relay confirmed to PostgreSQL.
+	acked pglogrepl.LSN
+	// lostAt is when the last streaming session ended.
+	lostAt time.Time
+}
+
+// sessionEnded records what a session confirmed before it ended.
+func (w *primaryWatch) sessionEnded(confirmed pglogrepl.LSN) {
+	w.acked = max(w.acked, confirmed)
+	w.lostAt = time.Now()
+}
+
+// currentTimeline reads the server's WAL timeline: the first eight hex
+// digits of the current WAL file's name. A promotion starts a new one.
+func currentTimeline(ctx context.Context, conn *pgx.Conn) (uint32, error) {
+	var walFile string
+	if err := conn.QueryRow(ctx, "select pg_walfile_name(pg_current_wal_lsn())").Scan(&walFile); err != nil {
+		return 0, fmt.Errorf("reading the server's timeline: %w", err)
+	}
+	if len(walFile) < 8 {
+		return 0, fmt.Errorf("reading the server's timeline: unexpected WAL file name %q", walFile)
+	}
+	tl, err := strconv.ParseUint(walFile[:8], 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("reading the server's timeline from WAL file name %q: %w", walFile, err)
+	}
+	return uint32(tl), nil
+}
+
+// checkFollowed checks, before a session streams, the slot on the server
+// the relay (re)connected to: info as found, ok false when missing. On the
+// server the relay streamed from before, it only notes the timeline. On a
+// new timeline (a promoted standby) the slot must be there, synced from
+// the old primary, and not confirmed past what this relay acknowledged
+// (unless another relay streams from it): otherwise events may be lost,
+// and the relay stops saying which and what to do, never creating a
+// fresh slot.
+func (r *Relay) checkFollowed(ctx context.Context, conn *pgx.Conn, info slot.Info, ok bool) error {
+	w := &r.primary
+	tl, err := currentTimeline(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if w.timeline == 0 || tl == w.timeline || !r.progressed {
+		if !ok && r.progressed {
+			return fatal(fmt.Errorf("replication slot %s disappeared while the relay was using it; it is not recreated automatically "+
+				"because events committed after %s (the last position the relay confirmed) may not have been delivered: "+
+				"check who dropped it, publish the outbox rows committed after that position again (or reconcile the consumers), "+
+				"then run `outbox-relay slot create`", r.cfg.Slot.Slot, w.acked))
+		}
+		w.timeline = tl
+		return nil
+	}
+	name := r.cfg.Slot.Slot
+	switch {
+	case !ok:
+		return fatal(fmt.Errorf("%w: the relay streamed slot %s on timeline %d and reconnected to a server on timeline %d (a promoted standby) "+
+			"that has no slot %s: it was not a failover slot, or was not synced to this standby. "+
+			"Events committed after %s (the last position the relay confirmed) may never be delivered. "+
+			"Publish the outbox rows committed after that position again (or reconcile the consumers), "+
+			"then create the slot with `outbox-relay slot create --failover`, set up slot synchronization "+
+			"(README: High availability of PostgreSQL) and start the relay again",
+			ErrSlotMissingAfterFailover, name, w.timeline, tl, name, w.acked))
+	case !info.Synced:
+		return fatal(fmt.Errorf("replication slot %s on the promoted server (timeline %d, was %d) was not synced from the old primary: "+
+			"it was created after the promotion and does not hold the relay's position; events committed after %s "+
+			"(the last position the relay confirmed) may be skipped. Drop it only after publishing the outbox rows committed after "+
+			"that position again (or reconciling the consumers)", name, tl, w.timeline, w.acked))
+	case info.ConfirmedFlush > w.acked && !info.Active:
+		return fatal(fmt.Errorf("replication slot %s on the promoted server (timeline %d, was %d) is confirmed at %s, past %s, "+
+			"the last position this relay confirmed: streaming from it would skip the events in between unless another relay "+
+			"delivered them; check which relays use slot %s, then start this one again", name, tl, w.timeline,
+			info.ConfirmedFlush, w.acked, name))
+	}
+	r.log.Warn("following the promoted primary: the slot was synced to it; events after its synced position are sent again",
+		"slot", name, "timeline", tl, "previous_timeline", w.timeline, "synced_confirmed", info.ConfirmedFlush,
+		"relay_confirmed", w.acked, "without_primary", time.Since(w.lostAt).Round(time.Millisecond))
+	w.timeline = tl
+	return nil
+}
