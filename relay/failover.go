@@ -107,3 +107,32 @@ func (r *Relay) checkFollowed(ctx context.Context, conn *pgx.Conn, info slot.Inf
 	w.timeline = tl
 	return nil
 }
+
+// checkNewSlot runs before the relay creates a missing slot. A promoted
+// server (timeline 2 or later) that has the relay's publication but not
+// its slot is most likely a standby promoted without a copy of the slot
+// (the publication came with the physical replication, the slot did not):
+// a relay restarted there must not create a fresh slot, which would skip
+// the events the old one had not delivered. `outbox-relay slot create`
+// creates it when that is what the operator wants.
+func (r *Relay) checkNewSlot(ctx context.Context, conn *pgx.Conn) error {
+	tl, err := currentTimeline(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if tl < 2 {
+		return nil
+	}
+	var pubExists bool
+	if err := conn.QueryRow(ctx, "select exists (select 1 from pg_publication where pubname = $1)", r.cfg.Slot.Publication).Scan(&pubExists); err != nil {
+		return fmt.Errorf("looking up publication %s: %w", r.cfg.Slot.Publication, err)
+	}
+	if !pubExists {
+		return nil
+	}
+	return fatal(fmt.Errorf("%w: this server was promoted (timeline %d) and has publication %s but no replication slot %s: "+
+		"if a relay streamed from %s on the former primary, the events it had not delivered may never be; the relay does not "+
+		"create a fresh slot here on its own. Publish the outbox rows the consumers may have missed again (or reconcile them), "+
+		"then create the slot with `outbox-relay slot create --failover` and start the relay again",
+		ErrSlotMissingAfterFailover, tl, r.cfg.Slot.Publication, r.cfg.Slot.Slot, r.cfg.Slot.Slot))
+}

@@ -411,6 +411,9 @@ func (r *Relay) checkServer(ctx context.Context) (pglogrepl.LSN, error) {
 		return 0, err
 	}
 	if !ok {
+		if err := r.checkNewSlot(ctx, conn); err != nil {
+			return 0, err
+		}
 		if !r.cfg.CreateSlot {
 			return 0, fatal(&slot.Problem{
 				What: fmt.Sprintf("replication slot %s does not exist", r.cfg.Slot.Slot),

@@ -38,7 +38,7 @@ func TestFailoverToAPromotedStandbyLosesNothing(t *testing.T) {
 
 // Without a failover slot the standby has no copy of the slot: after the
 // promotion the relay stops with exit code 1 and says after which position
-// events may be lost, and creates no slot.
+// events may be lost, and creates no slot, nor does a relay started again.
 func TestFailoverWithoutAFailoverSlotStopsAndSaysWhatMayBeLost(t *testing.T) {
 	ctx := t.Context()
 	ha := newHAPair(t, 17)
@@ -66,11 +66,18 @@ func TestFailoverWithoutAFailoverSlotStopsAndSaysWhatMayBeLost(t *testing.T) {
 	if err := w.wait(); err != nil {
 		t.Fatal(err)
 	}
+	// Started again, as a supervisor would, a relay that never saw the
+	// old primary refuses as well.
+	again := startRelay(t, faultArgs(ha.url, cluster, "plain")...)
+	if code := again.waitExit(t, time.Minute); code != 1 || !strings.Contains(again.out.String(), "was promoted (timeline 2)") {
+		t.Fatalf("a restarted relay on the promoted server without the slot: exit %d, want 1 naming the promotion:\n%s", code, tail(again.out.String(), 10))
+	}
 	var slots int
 	if err := queryOne(ctx, ha.mdb, "select count(*) from pg_replication_slots where slot_name = 'plain'", nil, &slots); err != nil || slots != 0 {
 		t.Fatalf("%d slots named plain on the new primary (%v): the relay created one", slots, err)
 	}
 	t.Logf("without a failover slot: exit %d, %s", code, lastLine(out, "outbox-relay:"))
+	t.Logf("restarted: %s", lastLine(again.out.String(), "outbox-relay:"))
 }
 
 func failoverLosesNothing(t *testing.T, major int) {
