@@ -92,9 +92,10 @@ func (r *Relay) checkFollowed(ctx context.Context, conn *pgx.Conn, info slot.Inf
 			ErrSlotMissingAfterFailover, name, w.timeline, tl, name, w.acked))
 	case !info.Synced:
 		return fatal(fmt.Errorf("replication slot %s on the promoted server (timeline %d, was %d) was not synced from the old primary: "+
-			"it was created after the promotion and does not hold the relay's position; events committed after %s "+
-			"(the last position the relay confirmed) may be skipped. Drop it only after publishing the outbox rows committed after "+
-			"that position again (or reconciling the consumers)", name, tl, w.timeline, w.acked))
+			"it was created on this server (on the standby, or after the promotion) and does not hold the relay's position; "+
+			"streaming from it may skip events committed after %s (the last position the relay confirmed). Publish the outbox rows "+
+			"committed after that position again (or reconcile the consumers), then drop the slot, create it with "+
+			"`outbox-relay slot create --failover` and start the relay again", name, tl, w.timeline, w.acked))
 	case info.ConfirmedFlush > w.acked && !info.Active:
 		return fatal(fmt.Errorf("replication slot %s on the promoted server (timeline %d, was %d) is confirmed at %s, past %s, "+
 			"the last position this relay confirmed: streaming from it would skip the events in between unless another relay "+

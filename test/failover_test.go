@@ -80,6 +80,42 @@ func TestFailoverWithoutAFailoverSlotStopsAndSaysWhatMayBeLost(t *testing.T) {
 	t.Logf("restarted: %s", lastLine(again.out.String(), "outbox-relay:"))
 }
 
+// A slot of the same name that the promoted server has but did not sync
+// from the old primary (here created on the standby itself) does not hold
+// the relay's position: the relay stops rather than stream from it.
+func TestFailoverToASlotThatWasNotSyncedStops(t *testing.T) {
+	ctx := t.Context()
+	ha := newHAPair(t, 17)
+	sc := newScenario(t, ha.db, 20)
+	cluster := kafkatest.NewCluster(t)
+	relay := startRelay(t, faultArgs(ha.url, cluster, "plain")...)
+	waitSlotActive(t, ha.db, "plain")
+	if err := sc.writeConcurrently(ctx, 2, 200, 5, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A logical slot on a standby (PostgreSQL 16+) waits for a snapshot
+	// of the primary's running transactions; ask the primary for one.
+	created := make(chan error, 1)
+	go func() {
+		created <- execFresh(ctx, ha.standbyDB, "select pg_create_logical_replication_slot('plain', 'pgoutput')")
+	}()
+	waitFor(t, time.Minute, "the slot created on the standby", func() (bool, error) {
+		select {
+		case err := <-created:
+			return err == nil, err
+		default:
+		}
+		return false, execFresh(ctx, ha.db, "select pg_log_standby_snapshot()")
+	})
+	ha.failover(t)
+	code := relay.waitExit(t, 2*time.Minute)
+	out := relay.out.String()
+	if code != 1 || !strings.Contains(out, "was not synced from the old primary") {
+		t.Fatalf("relay on a promoted server whose slot was not synced: exit %d, want 1 saying so:\n%s", code, tail(out, 10))
+	}
+	t.Logf("slot not synced: %s", lastLine(out, "outbox-relay:"))
+}
+
 func failoverLosesNothing(t *testing.T, major int) {
 	ctx := t.Context()
 	ha := newHAPair(t, major)
