@@ -40,12 +40,24 @@ func (w *primaryWatch) sessionEnded(confirmed pglogrepl.LSN) {
 }
 
 // currentTimeline reads the server's WAL timeline: the first eight hex
-// digits of the current WAL file's name. A promotion starts a new one.
+// digits of the current WAL file's name. A promotion starts a new one. On
+// a standby (the relay may decode there from PostgreSQL 16) it returns 0:
+// unknown, and no failover check applies.
 func currentTimeline(ctx context.Context, conn *pgx.Conn) (uint32, error) {
-	var walFile string
-	if err := conn.QueryRow(ctx, "select pg_walfile_name(pg_current_wal_lsn())").Scan(&walFile); err != nil {
+	var walFile *string
+	err := conn.QueryRow(ctx, `select case when pg_is_in_recovery() then null
+		else pg_walfile_name(pg_current_wal_lsn()) end`).Scan(&walFile)
+	if err != nil {
 		return 0, fmt.Errorf("reading the server's timeline: %w", err)
 	}
+	if walFile == nil {
+		return 0, nil
+	}
+	return parseTimeline(*walFile)
+}
+
+// parseTimeline reads the timeline from a WAL file name.
+func parseTimeline(walFile string) (uint32, error) {
 	if len(walFile) < 8 {
 		return 0, fmt.Errorf("reading the server's timeline: unexpected WAL file name %q", walFile)
 	}
@@ -70,14 +82,16 @@ func (r *Relay) checkFollowed(ctx context.Context, conn *pgx.Conn, info slot.Inf
 	if err != nil {
 		return err
 	}
-	if w.timeline == 0 || tl == w.timeline || !r.progressed {
+	if w.timeline == 0 || tl == 0 || tl == w.timeline || !r.progressed {
 		if !ok && r.progressed {
 			return fatal(fmt.Errorf("replication slot %s disappeared while the relay was using it; it is not recreated automatically "+
 				"because events committed after %s (the last position the relay confirmed) may not have been delivered: "+
 				"check who dropped it, publish the outbox rows committed after that position again (or reconcile the consumers), "+
 				"then run `outbox-relay slot create`", r.cfg.Slot.Slot, w.acked))
 		}
-		w.timeline = tl
+		if tl != 0 {
+			w.timeline = tl
+		}
 		return nil
 	}
 	name := r.cfg.Slot.Slot
@@ -121,7 +135,7 @@ func (r *Relay) checkNewSlot(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return err
 	}
-	if tl < 2 {
+	if tl < 2 { // timeline 1, or a standby
 		return nil
 	}
 	var pubExists bool

@@ -468,3 +468,38 @@ func lastLine(out, s string) string {
 	}
 	return ""
 }
+
+// From PostgreSQL 16 a relay may decode on a standby, from a slot made
+// there; the failover checks leave it alone (a standby has no current
+// WAL file to read a timeline from).
+func TestRelayStreamsFromASlotOnAStandby(t *testing.T) {
+	ctx := t.Context()
+	ha := newHAPair(t, 17)
+	sc := newScenario(t, ha.db, 10)
+	ha.db.Exec(t, "create publication onstandby for table outbox with (publish = 'insert')")
+	created := make(chan error, 1)
+	go func() {
+		created <- execFresh(ctx, ha.standbyDB, "select pg_create_logical_replication_slot('onstandby', 'pgoutput')")
+	}()
+	waitFor(t, time.Minute, "the slot created on the standby", func() (bool, error) {
+		select {
+		case err := <-created:
+			return err == nil, err
+		default:
+		}
+		return false, execFresh(ctx, ha.db, "select pg_log_standby_snapshot()")
+	})
+	cluster := kafkatest.NewCluster(t)
+	startRelay(t, faultArgs(ha.standbyDB.URL, cluster, "onstandby", "--create-slot=false")...)
+	waitSlotActive(t, ha.standbyDB, "onstandby")
+	if err := sc.writeConcurrently(ctx, 2, 200, 5, nil); err != nil {
+		t.Fatal(err)
+	}
+	readCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	recs, err := kafkatest.ReadN(readCtx, cluster.ListenAddrs(), topics, sc.total())
+	if err != nil {
+		t.Fatalf("reading what the relay on the standby published: %d of %d: %v", len(recs), sc.total(), err)
+	}
+	sc.check(t, recs)
+}
