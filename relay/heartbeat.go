@@ -15,7 +15,9 @@ import (
 // slot would see nothing and pin WAL. A transactional logical decoding
 // message on the relay's own database is a tiny transaction that streams
 // through the slot; the decoder skips it by prefix, and its commit lets
-// the checkpoint advance.
+// the checkpoint advance. It has no part in PostgreSQL 18's
+// idle_replication_slot_timeout, which counts only the time no session
+// streams from the slot: a connected relay keeps its slot active anyway.
 type heartbeat struct {
 	connString string
 	interval   time.Duration

@@ -190,6 +190,9 @@ type Relay struct {
 	// standby is set while another process holds the slot, so the retries
 	// log quietly.
 	standby bool
+	// primary remembers the server and position of the last session, to
+	// check the slot after a failover (failover.go).
+	primary primaryWatch
 	// prevPublisher, if set, closes when the previous session's publisher
 	// has finished closing; the next session publishes only after that.
 	prevPublisher <-chan struct{}
@@ -403,9 +406,13 @@ func (r *Relay) checkServer(ctx context.Context) (pglogrepl.LSN, error) {
 	if err != nil {
 		return 0, err
 	}
+	// A slot gone, or one on a promoted standby, after progress (failover.go).
+	if err := r.checkFollowed(ctx, conn, info, ok); err != nil {
+		return 0, err
+	}
 	if !ok {
-		if r.progressed {
-			return 0, fatal(fmt.Errorf("replication slot %s disappeared while the relay was using it; it is not recreated automatically because events may have been lost: check who dropped it, reconcile the outbox table, then run `outbox-relay slot create`", r.cfg.Slot.Slot))
+		if err := r.checkNewSlot(ctx, conn); err != nil {
+			return 0, err
 		}
 		if !r.cfg.CreateSlot {
 			return 0, fatal(&slot.Problem{
@@ -431,7 +438,7 @@ func (r *Relay) checkServer(ctx context.Context) (pglogrepl.LSN, error) {
 		}
 	}
 	if info.WALStatus == "lost" {
-		return 0, fatal(slot.LostError(r.cfg.Slot.Slot))
+		return 0, fatal(slot.LostError(r.cfg.Slot.Slot, info.InvalidationReason))
 	}
 	if info.ConfirmedFlush == 0 {
 		return 0, fmt.Errorf("replication slot %s has no confirmed position yet", r.cfg.Slot.Slot)

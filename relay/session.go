@@ -83,6 +83,7 @@ func (r *Relay) session(ctx context.Context) error {
 		}
 	}
 	confirmed := stream.Confirmed()
+	r.primary.sessionEnded(confirmed)
 	r.log.Info("session stopped", "slot", r.cfg.Slot.Slot, "confirmed", confirmed)
 	if ctx.Err() != nil {
 		if n := p.unconfirmed.after(confirmed); n > 0 {

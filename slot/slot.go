@@ -22,6 +22,10 @@ type Config struct {
 	// Table is the outbox table, "name" or "schema.name" (schema public by
 	// default). Names are taken literally, case included.
 	Table string
+	// Failover creates the slot as a failover slot (PostgreSQL 17 and
+	// later): standbys with sync_replication_slots keep a copy of it, so it
+	// survives the promotion of one of them.
+	Failover bool
 }
 
 // maxIdentifier is PostgreSQL's NAMEDATALEN - 1.
@@ -112,11 +116,28 @@ var ErrSlotLost = errors.New("replication slot lost")
 
 // LostError is the Problem of a slot whose wal_status is 'lost'. It wraps
 // ErrSlotLost. The relay must stop on it: re-creating the slot silently would
-// skip the events in the lost WAL.
-func LostError(slot string) error {
+// skip the events in the lost WAL. reason is pg_replication_slots'
+// invalidation_reason (PostgreSQL 17 and later; empty before).
+func LostError(slot, reason string) error {
 	return &Problem{
-		What: fmt.Sprintf("replication slot %s was invalidated (wal_status = lost) because it fell behind max_slot_wal_keep_size; events after its confirmed LSN may be gone", slot),
+		What: fmt.Sprintf("replication slot %s was invalidated (wal_status = lost) %s; events after its confirmed LSN may be gone", slot, invalidationCause(reason)),
 		Fix:  "drop it with `outbox-relay slot drop`, re-create it, and reconcile the outbox table",
 		Err:  ErrSlotLost,
+	}
+}
+
+// invalidationCause explains an invalidation_reason.
+func invalidationCause(reason string) string {
+	switch reason {
+	case "", "wal_removed":
+		return "because it fell behind max_slot_wal_keep_size"
+	case "idle_timeout":
+		return "because no relay streamed from it for longer than idle_replication_slot_timeout"
+	case "rows_removed":
+		return "because catalog rows it needed were removed (on a standby: set hot_standby_feedback = on)"
+	case "wal_level_insufficient":
+		return "because wal_level was lowered below logical"
+	default:
+		return "(invalidation_reason " + reason + ")"
 	}
 }

@@ -92,7 +92,7 @@ func TestProblemSaysWhatAndHowToFix(t *testing.T) {
 	if got, want := p.Error(), "wal_level is 'replica'; set wal_level = logical"; got != want {
 		t.Errorf("Error() = %q, want %q", got, want)
 	}
-	err := fmt.Errorf("preparing: %w", slot.LostError("s1"))
+	err := fmt.Errorf("preparing: %w", slot.LostError("s1", ""))
 	if !errors.Is(err, slot.ErrSlotLost) {
 		t.Errorf("LostError does not wrap ErrSlotLost")
 	}

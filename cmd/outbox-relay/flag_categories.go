@@ -29,6 +29,7 @@ var flagCategory = map[string]string{
 	"slot":               catPostgres,
 	"publication":        catPostgres,
 	"create-slot":        catPostgres,
+	"failover":           catPostgres,
 	"status-interval":    catPostgres,
 	"receive-timeout":    catPostgres,
 	"heartbeat-interval": catPostgres,

@@ -72,6 +72,7 @@ func coreFlags() []cli.Flag {
 		configFlag(), pgURLFlag(), slotFlag(), publicationFlag(), tableFlag(),
 		&cli.BoolFlag{Name: "create-slot", Value: true, EnvVars: env("CREATE_SLOT"),
 			Usage: "create the publication (of --table) and the replication slot when missing, as slot create does (a slot is never recreated after progress was made)"},
+		failoverFlag(),
 		&cli.StringFlag{Name: "columns", EnvVars: env("COLUMNS"),
 			Usage: "column mapping over the defaults, e.g. aggregate_type=aggregatetype,aggregate_id=aggregateid,event_type=type"},
 		&cli.StringFlag{Name: "topic", Value: "outbox.{aggregate_type}", EnvVars: env("TOPIC"),
@@ -157,6 +158,7 @@ func relayConfig(c *cli.Context, log *slog.Logger) (relay.Config, error) {
 			Slot:        c.String("slot"),
 			Publication: c.String("publication"),
 			Table:       c.String("table"),
+			Failover:    c.Bool("failover"),
 		},
 		CreateSlot: c.Bool("create-slot"),
 		Decoder: decoder.Config{

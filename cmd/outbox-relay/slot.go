@@ -41,6 +41,7 @@ func slotConfig(c *cli.Context) (slot.Config, error) {
 		Slot:        c.String("slot"),
 		Publication: c.String("publication"),
 		Table:       c.String("table"),
+		Failover:    c.Bool("failover"),
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, usageErr(err)
@@ -52,7 +53,7 @@ func slotCreateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "create",
 		Usage: "check the server, then create the publication and the slot if missing (idempotent)",
-		Flags: []cli.Flag{pgURLFlag(), slotFlag(), publicationFlag(), tableFlag()},
+		Flags: []cli.Flag{pgURLFlag(), slotFlag(), publicationFlag(), tableFlag(), failoverFlag()},
 		Action: func(c *cli.Context) error {
 			cfg, err := slotConfig(c)
 			if err != nil {
@@ -84,13 +85,24 @@ func slotCreateCommand() *cli.Command {
 				return fmt.Errorf("replication slot %s missing right after creating it", cfg.Slot)
 			}
 			if ch.Slot {
-				fmt.Fprintf(w, "created replication slot %s (pgoutput); streaming starts at %s\n", cfg.Slot, info.ConfirmedFlush)
+				kind := "pgoutput"
+				if info.Failover {
+					kind += ", failover"
+				}
+				fmt.Fprintf(w, "created replication slot %s (%s); streaming starts at %s\n", cfg.Slot, kind, info.ConfirmedFlush)
 			} else {
 				fmt.Fprintf(w, "replication slot %s already exists (confirmed_flush_lsn %s, %s behind)\n", cfg.Slot, info.ConfirmedFlush, walBytes(info.LagBytes))
 			}
 			return nil
 		},
 	}
+}
+
+// failoverFlag is --failover of `slot create` and `run`.
+func failoverFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "failover", EnvVars: env("FAILOVER"),
+		Usage: "create the slot as a failover slot (PostgreSQL 17+), which standbys with sync_replication_slots keep, " +
+			"so the relay goes on after a promotion (README: High availability of PostgreSQL)"}
 }
 
 func slotDropCommand() *cli.Command {
@@ -190,18 +202,22 @@ func slotListCommand() *cli.Command {
 // slotJSON is the --json form of a slot; its keys are the column names of
 // pg_replication_slots where there is one.
 type slotJSON struct {
-	Slot              string `json:"slot_name"`
-	Type              string `json:"slot_type"`
-	Plugin            string `json:"plugin"`
-	Database          string `json:"database"`
-	Active            bool   `json:"active"`
-	ActivePID         *int   `json:"active_pid"`
-	ConfirmedFlushLSN string `json:"confirmed_flush_lsn"`
-	RestartLSN        string `json:"restart_lsn"`
-	LagBytes          int64  `json:"lag_bytes"`
-	RetainedBytes     int64  `json:"retained_bytes"`
-	WALStatus         string `json:"wal_status"`
-	SafeWALSize       *int64 `json:"safe_wal_size"`
+	Slot               string `json:"slot_name"`
+	Type               string `json:"slot_type"`
+	Plugin             string `json:"plugin"`
+	Database           string `json:"database"`
+	Active             bool   `json:"active"`
+	ActivePID          *int   `json:"active_pid"`
+	ConfirmedFlushLSN  string `json:"confirmed_flush_lsn"`
+	RestartLSN         string `json:"restart_lsn"`
+	LagBytes           int64  `json:"lag_bytes"`
+	RetainedBytes      int64  `json:"retained_bytes"`
+	WALStatus          string `json:"wal_status"`
+	SafeWALSize        *int64 `json:"safe_wal_size"`
+	Temporary          bool   `json:"temporary"`
+	Failover           bool   `json:"failover"`
+	Synced             bool   `json:"synced"`
+	InvalidationReason string `json:"invalidation_reason,omitempty"`
 }
 
 func writeSlotsJSON(w io.Writer, slots []slot.Info) error {
@@ -212,6 +228,8 @@ func writeSlotsJSON(w io.Writer, slots []slot.Info) error {
 			ConfirmedFlushLSN: s.ConfirmedFlush.String(), RestartLSN: s.RestartLSN.String(),
 			LagBytes: s.LagBytes, RetainedBytes: s.RetainedBytes,
 			WALStatus: s.WALStatus, SafeWALSize: s.SafeWALSize,
+			Temporary: s.Temporary, Failover: s.Failover, Synced: s.Synced,
+			InvalidationReason: s.InvalidationReason,
 		}
 		if s.Active {
 			pid := s.ActivePID
@@ -226,7 +244,7 @@ func writeSlotsJSON(w io.Writer, slots []slot.Info) error {
 
 func writeSlotsTable(w io.Writer, slots []slot.Info) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tPLUGIN\tDATABASE\tACTIVE\tCONFIRMED_FLUSH_LSN\tLAG\tWAL_STATUS\tSAFE_WAL_SIZE")
+	fmt.Fprintln(tw, "SLOT\tPLUGIN\tDATABASE\tACTIVE\tCONFIRMED_FLUSH_LSN\tLAG\tWAL_STATUS\tSAFE_WAL_SIZE\tFAILOVER")
 	for _, s := range slots {
 		plugin, db, confirmed := s.Plugin, s.Database, s.ConfirmedFlush.String()
 		if s.Type != "logical" {
@@ -247,9 +265,30 @@ func writeSlotsTable(w io.Writer, slots []slot.Info) error {
 		case s.Lost():
 			safe = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, plugin, db, active, confirmed, lag, s.WALStatus, safe)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, plugin, db, active, confirmed, lag, s.WALStatus, safe, failoverText(s))
 	}
 	return tw.Flush()
+}
+
+// failoverText is the FAILOVER column: whether the slot is a failover slot
+// and, where it was synced from a primary (on a standby, or a promoted
+// one), ",synced"; a synced slot still temporary (",temporary") would not
+// survive a promotion yet. No spaces, for scripts that split columns.
+func failoverText(s slot.Info) string {
+	if s.Type != "logical" {
+		return "-"
+	}
+	out := "no"
+	if s.Failover {
+		out = "yes"
+	}
+	if s.Synced {
+		out += ",synced"
+		if s.Temporary {
+			out += ",temporary"
+		}
+	}
+	return out
 }
 
 // walBytes formats a WAL distance in binary units: 0 B, 512 B, 1.5 KiB,

@@ -39,7 +39,7 @@ func TestSlotCreateListDrop(t *testing.T) {
 			row = f
 		}
 	}
-	if !strings.HasPrefix(out, "SLOT ") || len(row) < 8 || row[1] != "pgoutput" || row[2] != db.Name || row[3] != "no" || row[len(row)-2] != "reserved" || row[len(row)-1] != "unlimited" {
+	if !strings.HasPrefix(out, "SLOT ") || len(row) < 8 || row[1] != "pgoutput" || row[2] != db.Name || row[3] != "no" || row[len(row)-3] != "reserved" || row[len(row)-2] != "unlimited" || row[len(row)-1] != "no" {
 		t.Errorf("slot list has row %q in:\n%s", row, out)
 	}
 

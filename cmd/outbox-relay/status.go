@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
+	"github.com/outbox-relay/outbox-relay/replication"
 	"github.com/outbox-relay/outbox-relay/slot"
 )
 
@@ -49,12 +50,23 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			idle, err := idleSlotTimeout(c.Context, conn)
+			if err != nil {
+				return err
+			}
 			var problems []string
+			now := time.Now()
 			for i := range rows {
 				rows[i].check(maxLag)
 				if rows[i].Problem != "" {
 					problems = append(problems, rows[i].Problem)
 				}
+				rows[i].warnIdle(idle, now)
+				warns, err := slot.FailoverWarnings(c.Context, conn, rows[i].Info)
+				if err != nil {
+					return err
+				}
+				rows[i].Warnings = append(rows[i].Warnings, warns...)
 			}
 			switch name := c.String("slot"); {
 			case name != "" && len(rows) == 0:
@@ -65,10 +77,16 @@ func statusCommand() *cli.Command {
 			if c.Bool("json") {
 				err = writeStatusJSON(c.App.Writer, rows)
 			} else {
-				err = writeStatusTable(c.App.Writer, rows, time.Now())
+				err = writeStatusTable(c.App.Writer, rows, now)
 			}
 			if err != nil {
 				return err
+			}
+			// Warnings do not fail the probe: the slot works today.
+			for _, r := range rows {
+				for _, w := range r.Warnings {
+					fmt.Fprintf(c.App.ErrWriter, "warning: %s\n", w)
+				}
 			}
 			if len(problems) > 0 {
 				return fmt.Errorf("%s", strings.Join(problems, "; "))
@@ -87,6 +105,52 @@ type slotStatusRow struct {
 	LastActivity *time.Time
 	// Problem says why the slot fails the check; empty when it passes.
 	Problem string
+	// Warnings say what threatens the slot without failing the check: it
+	// would not survive a failover, or it is close to invalidation.
+	Warnings []string
+	// IdleTimeout is the server's idle_replication_slot_timeout
+	// (PostgreSQL 18 and later; 0: none), and InvalidatedIn, for an
+	// inactive slot, the time left before a checkpoint invalidates it.
+	IdleTimeout   time.Duration
+	InvalidatedIn *time.Duration
+}
+
+// idleSlotTimeout reads idle_replication_slot_timeout, 0 where the server
+// has none (before PostgreSQL 18) or it is off.
+func idleSlotTimeout(ctx context.Context, conn *pgx.Conn) (time.Duration, error) {
+	var v *string
+	if err := conn.QueryRow(ctx, "select current_setting('idle_replication_slot_timeout', true)").Scan(&v); err != nil {
+		return 0, fmt.Errorf("reading idle_replication_slot_timeout: %w", err)
+	}
+	if v == nil || *v == "" {
+		return 0, nil
+	}
+	// A bare number is seconds, the setting's unit.
+	raw := *v
+	if _, err := strconv.Atoi(raw); err == nil {
+		raw += "s"
+	}
+	d, err := replication.ParsePGDuration(raw)
+	if err != nil {
+		return 0, fmt.Errorf("reading idle_replication_slot_timeout %q: %w", *v, err)
+	}
+	return d, nil
+}
+
+// warnIdle notes, for a slot no relay streams from, how long until
+// idle_replication_slot_timeout invalidates it. What counts is the time
+// since the slot was released (inactive_since); a connected relay keeps
+// its slot active however idle the database is.
+func (r *slotStatusRow) warnIdle(timeout time.Duration, now time.Time) {
+	r.IdleTimeout = timeout
+	if timeout <= 0 || r.Active || r.Lost() || r.Type != "logical" || r.LastActivity == nil {
+		return
+	}
+	left := max(timeout-now.Sub(*r.LastActivity), 0)
+	r.InvalidatedIn = &left
+	r.Warnings = append(r.Warnings, fmt.Sprintf("replication slot %s has no relay streaming from it for %s; "+
+		"idle_replication_slot_timeout (%s) invalidates it at the first checkpoint after %s more: start the relay",
+		r.Name, now.Sub(*r.LastActivity).Round(time.Second), timeout, left.Round(time.Second)))
 }
 
 // activityQuery finds each slot's last activity. inactive_since exists
@@ -150,6 +214,8 @@ func slotStatus(ctx context.Context, conn *pgx.Conn, name string) ([]slotStatusR
 // (maxLag 0: no limit).
 func (r *slotStatusRow) check(maxLag int64) {
 	switch {
+	case r.Lost() && r.InvalidationReason != "" && r.InvalidationReason != "wal_removed":
+		r.Problem = fmt.Sprintf("replication slot %s is lost (wal_status lost, invalidation_reason %s): PostgreSQL invalidated it; events may be missing", r.Name, r.InvalidationReason)
 	case r.Lost():
 		r.Problem = fmt.Sprintf("replication slot %s is lost (wal_status lost): PostgreSQL removed WAL it needed; events may be missing", r.Name)
 	case maxLag > 0 && r.LagBytes > maxLag:
@@ -160,18 +226,27 @@ func (r *slotStatusRow) check(maxLag int64) {
 // statusJSON is the --json form of a slot; its keys are the column names
 // of pg_replication_slots where there is one.
 type statusJSON struct {
-	Slot              string     `json:"slot_name"`
-	Type              string     `json:"slot_type"`
-	Active            bool       `json:"active"`
-	ActivePID         *int       `json:"active_pid"`
-	ConfirmedFlushLSN string     `json:"confirmed_flush_lsn"`
-	LagBytes          int64      `json:"lag_bytes"`
-	RetainedBytes     int64      `json:"retained_bytes"`
-	WALStatus         string     `json:"wal_status"`
-	SafeWALSize       *int64     `json:"safe_wal_size"`
-	LastActivity      *time.Time `json:"last_activity"`
-	OK                bool       `json:"ok"`
-	Problem           string     `json:"problem,omitempty"`
+	Slot               string     `json:"slot_name"`
+	Type               string     `json:"slot_type"`
+	Active             bool       `json:"active"`
+	ActivePID          *int       `json:"active_pid"`
+	ConfirmedFlushLSN  string     `json:"confirmed_flush_lsn"`
+	LagBytes           int64      `json:"lag_bytes"`
+	RetainedBytes      int64      `json:"retained_bytes"`
+	WALStatus          string     `json:"wal_status"`
+	SafeWALSize        *int64     `json:"safe_wal_size"`
+	Failover           bool       `json:"failover"`
+	Synced             bool       `json:"synced"`
+	Temporary          bool       `json:"temporary"`
+	InvalidationReason string     `json:"invalidation_reason,omitempty"`
+	LastActivity       *time.Time `json:"last_activity"`
+	// IdleTimeoutSeconds is idle_replication_slot_timeout (0: none), and
+	// InvalidatedInSeconds the time an inactive slot has left under it.
+	IdleTimeoutSeconds   float64  `json:"idle_replication_slot_timeout_seconds"`
+	InvalidatedInSeconds *float64 `json:"invalidated_in_seconds,omitempty"`
+	OK                   bool     `json:"ok"`
+	Problem              string   `json:"problem,omitempty"`
+	Warnings             []string `json:"warnings,omitempty"`
 }
 
 func writeStatusJSON(w io.Writer, rows []slotStatusRow) error {
@@ -183,6 +258,13 @@ func writeStatusJSON(w io.Writer, rows []slotStatusRow) error {
 			LagBytes:          r.LagBytes, RetainedBytes: r.RetainedBytes,
 			WALStatus: r.WALStatus, SafeWALSize: r.SafeWALSize,
 			LastActivity: r.LastActivity, OK: r.Problem == "", Problem: r.Problem,
+			Failover: r.Failover, Synced: r.Synced, Temporary: r.Temporary,
+			InvalidationReason: r.InvalidationReason,
+			IdleTimeoutSeconds: r.IdleTimeout.Seconds(), Warnings: r.Warnings,
+		}
+		if r.InvalidatedIn != nil {
+			sec := r.InvalidatedIn.Seconds()
+			j.InvalidatedInSeconds = &sec
 		}
 		if r.Active {
 			pid := r.ActivePID
@@ -197,7 +279,7 @@ func writeStatusJSON(w io.Writer, rows []slotStatusRow) error {
 
 func writeStatusTable(w io.Writer, rows []slotStatusRow, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tACTIVE\tCONFIRMED_LSN\tLAG\tRETAINED\tWAL_STATUS\tSAFE_WAL_SIZE\tLAST_ACTIVITY")
+	fmt.Fprintln(tw, "SLOT\tACTIVE\tCONFIRMED_LSN\tLAG\tRETAINED\tWAL_STATUS\tSAFE_WAL_SIZE\tFAILOVER\tLAST_ACTIVITY")
 	for _, r := range rows {
 		active := "no"
 		if r.Active {
@@ -218,7 +300,7 @@ func writeStatusTable(w io.Writer, rows []slotStatusRow, now time.Time) error {
 		if r.LastActivity != nil {
 			last = fmt.Sprintf("%s ago", now.Sub(*r.LastActivity).Round(time.Second))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, active, confirmed, lag, walBytes(r.RetainedBytes), r.WALStatus, safe, last)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, active, confirmed, lag, walBytes(r.RetainedBytes), r.WALStatus, safe, failoverText(r.Info), last)
 	}
 	return tw.Flush()
 }

@@ -37,6 +37,10 @@ type Options struct {
 	// $OUTBOX_RELAY_PG_BIN, else `pg_config --bindir` if that directory has
 	// initdb, else the newest /usr/lib/postgresql/*/bin.
 	BinDir string
+	// Version, if not 0, is the major version to run when BinDir is empty:
+	// the system's binaries of that version, else those that
+	// scripts/fetch-postgres.sh put in CacheDir (see BinDirFor).
+	Version int
 	// Port is the TCP port on 127.0.0.1; 0 picks a free one.
 	Port int
 	// Settings are extra postgresql.conf settings; they override the defaults.
@@ -57,6 +61,7 @@ const readyTimeout = 60 * time.Second
 // Server is a running throwaway PostgreSQL server. Close it when done.
 type Server struct {
 	binDir  string
+	major   int    // major version of the binaries
 	dir     string // temporary directory: socket, log file, data/
 	dataDir string
 	logFile string
@@ -72,7 +77,17 @@ type Server struct {
 // It returns once the server accepts connections. On failure nothing is left
 // running and the directory is removed.
 func Start(ctx context.Context, opts Options) (*Server, error) {
-	binDir, err := findBinDir(opts.BinDir)
+	var binDir string
+	var err error
+	if opts.BinDir == "" && opts.Version != 0 {
+		binDir, err = BinDirFor(opts.Version)
+	} else {
+		binDir, err = findBinDir(opts.BinDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	major, err := Major(binDir)
 	if err != nil {
 		return nil, err
 	}
@@ -90,6 +105,14 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 				"(useradd --system postgres) or run as an unprivileged user", err)
 		}
 		asUser = "postgres"
+		// The binaries must be reachable by that user too (a cache under
+		// /root is not, unless scripts/fetch-postgres.sh opened it).
+		check := exec.CommandContext(ctx, "runuser", "-u", asUser, "--", "test", "-x", filepath.Join(binDir, "postgres"))
+		if out, err := check.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("the %q OS user cannot run %s (%v %s); give it search permission on "+
+				"the directories above (scripts/fetch-postgres.sh does so for its cache)",
+				asUser, filepath.Join(binDir, "postgres"), err, bytes.TrimSpace(out))
+		}
 	}
 
 	sweepOnce.Do(func() { sweepOrphans(binDir, asUser, logf) })
@@ -109,10 +132,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 				return nil, err
 			}
 		}
-		s := &Server{binDir: binDir, port: p, asUser: asUser, logf: logf}
+		s := &Server{binDir: binDir, major: major, port: p, asUser: asUser, logf: logf}
 		err := s.start(ctx, opts.Settings)
 		if err == nil {
-			logf("pgserver: PostgreSQL running on 127.0.0.1:%d, data in %s", s.port, s.dataDir)
+			logf("pgserver: PostgreSQL %d running on 127.0.0.1:%d, data in %s", s.major, s.port, s.dataDir)
 			return s, nil
 		}
 		_ = s.Close()
@@ -254,6 +277,12 @@ func (s *Server) URL(database string) string {
 	}
 	return u.String()
 }
+
+// Major returns the server's major version (15, 16, 17...).
+func (s *Server) Major() int { return s.major }
+
+// BinDir returns the directory of the server binaries it runs.
+func (s *Server) BinDir() string { return s.binDir }
 
 // Port returns the TCP port the server listens on (127.0.0.1).
 func (s *Server) Port() int { return s.port }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -204,5 +206,87 @@ func TestUnreachableTempDirSaysWhatToDo(t *testing.T) {
 	_, err := Start(t.Context(), Options{})
 	if err == nil || !strings.Contains(err.Error(), "TMPDIR") {
 		t.Fatalf("err = %v, want advice about TMPDIR", err)
+	}
+}
+
+// Each major version the project tests on starts from its own binaries:
+// the system's, or those scripts/fetch-postgres.sh cached.
+func TestVersionRunsThatMajorVersion(t *testing.T) {
+	for _, major := range []int{15, 16, 17, 18} {
+		t.Run(strconv.Itoa(major), func(t *testing.T) {
+			if _, err := BinDirFor(major); err != nil {
+				if os.Getenv("CI") != "" {
+					t.Fatal(err)
+				}
+				t.Skipf("%v (CI fetches them)", err)
+			}
+			s := startServer(t, Options{Version: major})
+			if s.Major() != major {
+				t.Fatalf("Major() = %d, want %d", s.Major(), major)
+			}
+			conn := connect(t, s.URL("postgres"))
+			if got := show(t, conn, "server_version_num"); !strings.HasPrefix(got, strconv.Itoa(major)) {
+				t.Fatalf("server_version_num = %s, want PostgreSQL %d", got, major)
+			}
+			if got := show(t, conn, "wal_level"); got != "logical" {
+				t.Fatalf("wal_level = %q, want logical", got)
+			}
+		})
+	}
+}
+
+func TestMissingVersionSaysHowToFetchIt(t *testing.T) {
+	t.Setenv(EnvCache, t.TempDir())
+	_, err := Start(t.Context(), Options{Version: 9})
+	if !errors.Is(err, ErrBinariesNotFound) || !strings.Contains(err.Error(), "scripts/fetch-postgres.sh 9") {
+		t.Fatalf("Start of a version not installed: %v; want ErrBinariesNotFound naming scripts/fetch-postgres.sh 9", err)
+	}
+}
+
+// A standby streams what the primary commits, and after the primary's
+// sudden death a promotion makes it take writes.
+func TestStandbyFollowsThenTakesOverAfterKill(t *testing.T) {
+	primary := startServer(t, Options{})
+	standby, err := primary.StartStandby(t.Context(), StandbyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := standby.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pc := connect(t, primary.URL("postgres"))
+	if _, err := pc.Exec(t.Context(), "create table t (n int); insert into t values (1)"); err != nil {
+		t.Fatal(err)
+	}
+	sc := connect(t, standby.URL("postgres"))
+	if got := show(t, sc, "transaction_read_only"); got != "on" {
+		t.Fatalf("standby transaction_read_only = %q, want on", got)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		err := sc.QueryRow(t.Context(), "select count(*) from t").Scan(&n)
+		if err == nil && n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby never saw the primary's row: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	if err := primary.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgx.Connect(t.Context(), primary.URL("postgres")); err == nil {
+		t.Fatal("the killed primary still accepts connections")
+	}
+	if err := standby.Promote(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sc.Exec(t.Context(), "insert into t values (2)"); err != nil {
+		t.Fatalf("writing to the promoted standby: %v", err)
 	}
 }

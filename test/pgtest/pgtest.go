@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,25 @@ import (
 // REPLICATION; its database is used for administration). The server must
 // have wal_level = logical.
 const EnvURL = "OUTBOX_RELAY_TEST_PG_URL"
+
+// EnvVersion names the environment variable that picks the major version of
+// the private servers (15, 16, 17, 18; `make test-pg-matrix` runs the core
+// tests on each). Unset, the system's newest installed version runs; others
+// come from scripts/fetch-postgres.sh (see pgserver.BinDirFor).
+const EnvVersion = "OUTBOX_RELAY_TEST_PG_VERSION"
+
+// Version returns the major version EnvVersion asks for, 0 when unset.
+func Version() (int, error) {
+	v := os.Getenv(EnvVersion)
+	if v == "" {
+		return 0, nil
+	}
+	major, err := strconv.Atoi(v)
+	if err != nil || major < 10 {
+		return 0, fmt.Errorf("%s=%q: want a PostgreSQL major version such as 17", EnvVersion, v)
+	}
+	return major, nil
+}
 
 // DB is a fresh database for one test on a shared private server.
 type DB struct {
@@ -91,7 +111,12 @@ func setup() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	shared.server, shared.err = pgserver.Start(ctx, pgserver.Options{})
+	major, err := Version()
+	if err != nil {
+		shared.err = err
+		return
+	}
+	shared.server, shared.err = pgserver.Start(ctx, pgserver.Options{Version: major})
 	if shared.err == nil {
 		shared.adminURL = shared.server.URL("postgres")
 	}
@@ -256,7 +281,23 @@ func (db *DB) Exec(t testing.TB, sql string, args ...any) {
 // is closed when the test ends.
 func NewServer(t testing.TB, settings map[string]string) *pgserver.Server {
 	t.Helper()
-	s, err := pgserver.Start(t.Context(), pgserver.Options{Settings: settings, Logf: t.Logf})
+	major, err := Version()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	return NewServerVersion(t, major, settings)
+}
+
+// NewServerVersion is NewServer of one major version (0: as NewServer),
+// whatever EnvVersion says: for tests of what only some versions do. When
+// that version is not installed the test is skipped, except in CI (the CI
+// environment variable set), where it fails.
+func NewServerVersion(t testing.TB, major int, settings map[string]string) *pgserver.Server {
+	t.Helper()
+	s, err := pgserver.Start(t.Context(), pgserver.Options{Version: major, Settings: settings, Logf: t.Logf})
+	if errors.Is(err, pgserver.ErrBinariesNotFound) && major != 0 && os.Getenv("CI") == "" {
+		t.Skipf("pgtest: %v (CI fetches it)", err)
+	}
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
