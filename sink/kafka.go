@@ -365,12 +365,17 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 		}
 		sc.Producer.Transaction.ID = c.Transaction.ID
 		sc.Producer.Transaction.Timeout = c.Transaction.Timeout
-		txnBackoff := sc.Producer.Transaction.Retry.Backoff
+		// The transaction's requests are retried from a few milliseconds
+		// on: right after a commit the coordinator answers the next
+		// transaction's first request with CONCURRENT_TRANSACTIONS until
+		// it has written the commit's markers, which takes milliseconds;
+		// sarama's 100ms would add that to every transaction.
+		sc.Producer.Transaction.Retry.Max = 200
 		sc.Producer.Transaction.Retry.BackoffFunc = func(retries, _ int) time.Duration {
 			if d.aborted.Load() {
 				return 0
 			}
-			return min(txnBackoff<<min(retries, 4), time.Second)
+			return min(txnRetryBackoff<<min(retries, 8), time.Second)
 		}
 	}
 	if err := sc.Validate(); err != nil {
@@ -378,6 +383,9 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 	}
 	return sc, nil
 }
+
+// txnRetryBackoff is the first backoff of a transaction request's retry.
+const txnRetryBackoff = 2 * time.Millisecond
 
 // abortWait bounds how long Abort waits for sarama to finish after the
 // connections are cut: a retry backoff already sleeping (at most
