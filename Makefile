@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 
-.PHONY: all setup test test-kafka test-pg-matrix pg-versions kafka-jars lint build demo bench bench-go fuzz clean
+.PHONY: all setup test test-kafka test-pg-matrix pg-versions kafka-jars debezium-jars lint build demo bench bench-go compat-debezium fuzz clean
 
 all: lint test
 
@@ -49,6 +49,12 @@ test-kafka: kafka-jars
 # and Maven); a no-op when they are there.
 kafka-jars:
 	@bash kafka/fetch.sh
+
+# Kafka Connect and Debezium's PostgreSQL connector for the benchmark's
+# Debezium rows and compat-debezium, fetched with Maven into ~/.cache once
+# (bench/debezium/fetch.sh); a no-op when they are there.
+debezium-jars:
+	@bash bench/debezium/fetch.sh
 
 lint:
 	@out=$$(gofmt -l .); \
