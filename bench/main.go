@@ -47,6 +47,9 @@ type options struct {
 	linger       time.Duration
 	noApache     bool
 	apacheJVM    string
+	exactlyOnce  bool
+	peers        string
+	consumers    string
 }
 
 func main() {
@@ -87,9 +90,12 @@ func main() {
 	fs.BoolVar(&o.profile, "profile", true, "write a CPU profile of the relay process in each drain")
 	fs.StringVar(&o.shapes, "shapes", "batch,message,single", "backlog shapes to drain: batch (1,000-row transactions), message (1,000 logical messages per transaction, message mode), single (single-row transactions); empty for none")
 	fs.BoolVar(&o.skipPoller, "skip-poller", false, "skip the SKIP LOCKED poller runs")
-	fs.StringVar(&o.live, "live", "raw,relay,apache,poller", "live latency runs: raw (a bare replication reader: the latency floor), relay (to kfake), apache (the relay to Apache Kafka), poller (to kfake); empty for none")
+	fs.StringVar(&o.live, "live", "raw,relay,apache,poller,relay-eos,apache-eos,debezium,wal-listener", "live latency runs: raw (a bare replication reader: the latency floor), relay (to kfake), apache (the relay to Apache Kafka), poller (to kfake), relay-eos and apache-eos (the relay with --exactly-once, to kfake and Apache Kafka), debezium and wal-listener (the peers, to Apache Kafka); empty for none")
 	fs.BoolVar(&o.noApache, "no-apache", false, "leave out the Apache Kafka rows (drains and live run); without it the bench needs Java and the jars that bash kafka/fetch.sh caches")
 	fs.StringVar(&o.apacheJVM, "apache-jvm-flags", apacheJVMFlags, "JVM flags of the Apache Kafka node, after internal/kafkaserver's defaults (a later flag wins)")
+	fs.BoolVar(&o.exactlyOnce, "exactly-once", true, "add the relay with --exactly-once (Kafka transactions) to the batch and single drains and the live runs, on kfake and Apache Kafka")
+	fs.StringVar(&o.peers, "peers", "debezium,wal-listener", "the peers measured on Apache Kafka: debezium (Kafka Connect and the jars of make debezium-jars), wal-listener (go install); empty for none")
+	fs.StringVar(&o.consumers, "consumers", "", "only these drain consumers, by tag (recvlogical, null, kfake, apache, kfake-eos, apache-eos, debezium, wal-listener); empty for all")
 	fs.BoolVar(&o.liveProfile, "live-profile", true, "write a CPU profile of the relay in the live run")
 	fs.BoolVar(&o.pgbench, "pgbench", false, "drive the live runs with pgbench instead of the built-in Go writers")
 	fs.DurationVar(&o.linger, "kafka-linger", 0, "the relay's Kafka FlushFrequency (0: the sink's default)")
