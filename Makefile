@@ -78,8 +78,14 @@ demo: build
 # and chart.png. BENCH_FLAGS=--quick for a ~2 minute look; `go run ./bench -h`
 # lists the rest.
 BENCH_FLAGS ?=
-bench: kafka-jars
+bench: kafka-jars debezium-jars
 	$(GO) run ./bench $(BENCH_FLAGS)
+
+# The drop-in check alone: Debezium's outbox EventRouter at its defaults
+# and the relay with --compat debezium over the same rows, compared record
+# by record (bench/compat.go); about a minute.
+compat-debezium: kafka-jars debezium-jars
+	$(GO) run ./bench --compat-only --out bench/results --tmp bench/tmp
 
 # The Go micro-benchmarks (decoder, checkpoint, pipeline, sink), with allocs/op.
 bench-go:

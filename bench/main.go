@@ -50,6 +50,8 @@ type options struct {
 	exactlyOnce  bool
 	peers        string
 	consumers    string
+	compat       bool
+	compatOnly   bool
 }
 
 func main() {
@@ -96,6 +98,8 @@ func main() {
 	fs.BoolVar(&o.exactlyOnce, "exactly-once", true, "add the relay with --exactly-once (Kafka transactions) to the batch and single drains and the live runs, on kfake and Apache Kafka")
 	fs.StringVar(&o.peers, "peers", "debezium,wal-listener", "the peers measured on Apache Kafka: debezium (Kafka Connect and the jars of make debezium-jars), wal-listener (go install); empty for none")
 	fs.StringVar(&o.consumers, "consumers", "", "only these drain consumers, by tag (recvlogical, null, kfake, apache, kfake-eos, apache-eos, debezium, wal-listener); empty for all")
+	fs.BoolVar(&o.compat, "compat", true, "run the drop-in check against Debezium's outbox router (needs Apache Kafka and the jars of make debezium-jars)")
+	fs.BoolVar(&o.compatOnly, "compat-only", false, "run only the drop-in check (make compat-debezium); exits 1 if it fails or records are missing")
 	fs.BoolVar(&o.liveProfile, "live-profile", true, "write a CPU profile of the relay in the live run")
 	fs.BoolVar(&o.pgbench, "pgbench", false, "drive the live runs with pgbench instead of the built-in Go writers")
 	fs.DurationVar(&o.linger, "kafka-linger", 0, "the relay's Kafka FlushFrequency (0: the sink's default)")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log"
@@ -99,11 +100,13 @@ func freePort() (int, error) {
 
 // connectorSpec is one Debezium connector: its slot, table and topic.
 type connectorSpec struct {
-	name   string // file names in the tmp directory
-	slot   string
-	table  string // schema-qualified
-	topic  string // the fixed topic every record goes to; "" for the router's default
-	router [][2]string
+	name  string // file names in the tmp directory
+	slot  string
+	table string // schema-qualified
+	topic string // the fixed topic every record goes to; "" for the router's default
+	// publication; default the bench's.
+	publication string
+	router      [][2]string
 	// tuned applies debeziumWorker's producer settings and
 	// debeziumConnector; without it both run at their defaults.
 	tuned bool
@@ -159,7 +162,7 @@ func (e *env) startConnect(spec connectorSpec, brokers string) (*child, error) {
 		{"topic.prefix", "bench"},
 		{"plugin.name", "pgoutput"},
 		{"slot.name", spec.slot},
-		{"publication.name", publication},
+		{"publication.name", cmp.Or(spec.publication, publication)},
 		{"publication.autocreate.mode", "disabled"},
 		{"table.include.list", spec.table},
 		// The slot exists before the writes; the rows before it are not

@@ -182,6 +182,8 @@ type results struct {
 	Live           []liveResult
 	// Apache is the Apache Kafka cluster's set-up, nil with --no-apache.
 	Apache *apache
+	// Compat is the drop-in check's result, nil when it did not run.
+	Compat *compatResult
 	// ApacheCPU is the broker JVM's CPU time from its warm-up's end to the
 	// end of the run, idle time between its rows included.
 	ApacheCPU time.Duration
@@ -241,6 +243,9 @@ func run(ctx context.Context, o options) error {
 		defer e.ak.close()
 		e.res.Apache = e.ak
 	}
+	if o.compatOnly {
+		return e.compatOnly(ctx)
+	}
 
 	// The live runs come first, on the fresh server: run after the drains
 	// they measured the residue of three million inserts (p99 of the bare
@@ -255,6 +260,10 @@ func run(ctx context.Context, o options) error {
 		if err := e.shape(ctx, shape); err != nil {
 			return fmt.Errorf("shape %s: %w", shape, err)
 		}
+	}
+	if o.compat && e.ak != nil && ctx.Err() == nil {
+		c := e.compat(ctx)
+		e.res.Compat = &c
 	}
 	e.loads = append(e.loads, loadAverage())
 	e.res.Finished = time.Now()
