@@ -75,7 +75,9 @@ demo: build
 # The end-to-end benchmark: private PostgreSQL, the relay against kfake and
 # against a one-node Apache Kafka (the jars of `make kafka-jars`; --no-apache
 # leaves it out), each in its own process; writes bench/results/RESULTS.md
-# and chart.png. BENCH_FLAGS=--quick for a ~2 minute look; `go run ./bench -h`
+# and the charts drain.png and latency.png, with Debezium and wal-listener
+# beside the relay (make debezium-jars) and the make compat-debezium check.
+# BENCH_FLAGS=--quick for a ~2 minute look; `go run ./bench -h`
 # lists the rest.
 BENCH_FLAGS ?=
 bench: kafka-jars debezium-jars

@@ -13,7 +13,7 @@
 //	bench relay    the relay draining one slot to a null sink or the broker
 //	bench poller   a SKIP LOCKED poller publishing to the broker
 //
-// Results go to bench/results/RESULTS.md and bench/results/chart.png.
+// Results go to bench/results/RESULTS.md, drain.png and latency.png.
 package main
 
 import (
@@ -87,7 +87,7 @@ func main() {
 	fs.IntVar(&o.writers, "writers", 8, "concurrent writers for single-row transactions")
 	fs.IntVar(&o.rate, "rate", 5000, "events/s for the live latency runs")
 	fs.DurationVar(&o.liveDuration, "live-duration", 0, "length of each live latency run (default 20s; 5s with --quick)")
-	fs.StringVar(&o.outDir, "out", "bench/results", "directory for RESULTS.md and chart.png (overwritten)")
+	fs.StringVar(&o.outDir, "out", "bench/results", "directory for RESULTS.md, drain.png and latency.png (overwritten)")
 	fs.StringVar(&o.tmpDir, "tmp", "bench/tmp", "directory for CPU profiles and logs (not committed)")
 	fs.BoolVar(&o.profile, "profile", true, "write a CPU profile of the relay process in each drain")
 	fs.StringVar(&o.shapes, "shapes", "batch,message,single", "backlog shapes to drain: batch (1,000-row transactions), message (1,000 logical messages per transaction, message mode), single (single-row transactions); empty for none")

@@ -395,6 +395,10 @@ func walListener(ctx context.Context) (string, error) {
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		msg := strings.Join(strings.Fields(string(out)), " ")
+		// The reason, without the proxy's address.
+		if i := strings.Index(msg, "server response:"); i >= 0 && strings.Contains(msg, "403") {
+			msg = "the Go module proxy answers 403 Forbidden, " + msg[i:]
+		}
 		return "", fmt.Errorf("go install %s/cmd/wal-listener@%s failed: %s", walListenerModule, walListenerVersion, msg)
 	}
 	return exe, nil
