@@ -395,7 +395,7 @@ func writeCharts(dir string, e *env) error {
 // drawChart draws one titled panel of bar groups with a legend of the
 // consumers seen.
 func drawChart(path, title, sub, panelTitle, unit string, groups []barGroup, seen map[string]bool) error {
-	const width, top = 1100, 120
+	const width, top = 1200, 120
 	plotH := groupsHeight(groups)
 	legendY := top + 36 + plotH + 70
 	height := legendY + 30*len(seen) + 40 // at worst a legend line each
