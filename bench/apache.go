@@ -101,12 +101,6 @@ func (e *env) startApache(ctx context.Context) (*apache, error) {
 	if err := a.createTopics(ctx, benchTopic, warmupTopic); err != nil {
 		return nil, err
 	}
-	// The checkpoint topic of the --exactly-once rows, made here as the
-	// relay would make it: the sink's CreateTopics request (version 1) is
-	// one Apache Kafka 4 no longer serves, and the connection closes.
-	if err := a.createCheckpointTopic(ctx); err != nil {
-		return nil, err
-	}
 	if err := a.startCoordinators(ctx); err != nil {
 		return nil, err
 	}
@@ -216,41 +210,12 @@ func (a *apache) createTopics(ctx context.Context, topics ...string) error {
 	}
 }
 
-// createCheckpointTopic creates the relay's checkpoint topic: one
-// partition, one replica, compacted.
-func (a *apache) createCheckpointTopic(ctx context.Context) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(a.addr))
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	req := kmsg.NewPtrCreateTopicsRequest()
-	req.TimeoutMillis = 30_000
-	t := kmsg.NewCreateTopicsRequestTopic()
-	t.Topic = sink.DefaultCheckpointTopic
-	t.NumPartitions = 1
-	t.ReplicationFactor = 1
-	c := kmsg.NewCreateTopicsRequestTopicConfig()
-	c.Name, c.Value = "cleanup.policy", kmsg.StringPtr("compact")
-	t.Configs = append(t.Configs, c)
-	req.Topics = append(req.Topics, t)
-	resp, err := req.RequestWith(ctx, cl)
-	if err != nil {
-		return fmt.Errorf("creating topic %s: %w", t.Topic, err)
-	}
-	for _, t := range resp.Topics {
-		if err := kerr.ErrorForCode(t.ErrorCode); err != nil && err != kerr.TopicAlreadyExists {
-			return fmt.Errorf("creating topic %s: %w", t.Topic, err)
-		}
-	}
-	return nil
-}
-
 // startCoordinators has the broker create its consumer offsets and
 // transaction state topics, as a first consumer group and a first
 // transactional producer would. Without the offsets topic, on a fresh
-// broker that creates no topic on request, sarama's transactional
-// producer waits for the topic's leader in a loop and never starts.
+// broker that creates no topic on request (apacheSettings), sarama's
+// transactional producer asks for that topic's leader in a loop and never
+// starts.
 func (a *apache) startCoordinators(ctx context.Context) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(a.addr))
 	if err != nil {

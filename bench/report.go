@@ -582,8 +582,7 @@ func (e *env) writePeerSettings(w func(string, ...any)) {
 		w("\n\n")
 	}
 	w("**The relay with --exactly-once**: the bench's relay helper with the command's transaction settings (transactional id `outbox-relay-<slot>`, checkpoint topic %s, at most 5,000 events or 16 MiB per Kafka transaction, 10ms linger). ", "`outbox-relay.checkpoints`")
-	w("The bench creates the checkpoint topic on Apache Kafka itself (one partition, compacted), as the relay would: the sink's CreateTopics request is version 1, which Apache Kafka 4 no longer serves. ")
-	w("It also has the broker start its group and transaction coordinators first: on a fresh broker without `__consumer_offsets`, sarama's transactional producer waits for that topic's leader and never starts.\n\n")
+	w("The relay creates the checkpoint topic itself. The bench has the Apache Kafka node start its group and transaction coordinators first: on a fresh broker that creates no topic on request and has no `__consumer_offsets` yet, sarama's transactional producer asks for that topic's leader in a loop and never starts (a production cluster has the topic once any consumer group has committed).\n\n")
 }
 
 // anyDrain returns consumer's first drain row, failed or not.
