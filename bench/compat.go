@@ -220,7 +220,7 @@ FROM generate_series(1, $1) AS g`, bulk); err != nil {
 			r.Equal++
 		}
 	}
-	log.Printf("[compat] %d rows; Debezium %d records, relay %d; %d compared, %d equal in topic, key, value, id and timestamp; differences %v; in %s",
+	log.Printf("[compat] %d rows; Debezium %d records, relay %d; %d paired by id; %d equal in topic, key, value and timestamp at once; records differing, by field: %v; in %s",
 		r.Rows, r.Debezium, r.Relay, r.Compared, r.Equal, r.Diffs, time.Since(start).Round(time.Millisecond))
 	for f, ex := range r.Examples {
 		log.Printf("[compat] %s differs, e.g. %s", f, ex)
@@ -306,8 +306,15 @@ func (r compatResult) summary() string {
 		fmt.Fprintf(&b, "The check failed: %s\n", r.Err)
 		return b.String()
 	}
-	fmt.Fprintf(&b, "%d rows; Debezium published %d records, the relay %d; %d matched by their id header and compared; **%d equal** in topic, key bytes, value bytes, id header and timestamp (check took %s).\n\n",
-		r.Rows, r.Debezium, r.Relay, r.Compared, r.Equal, r.Took.Round(time.Second))
+	fmt.Fprintf(&b, "%d rows; Debezium published %d records, the relay %d; %d paired by their id header (so the id header is equal in each pair) and compared. Equal, field by field: ",
+		r.Rows, r.Debezium, r.Relay, r.Compared)
+	for i, f := range []string{"topic", "key", "value", "timestamp"} {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d of %d", f, r.Compared-r.Diffs[f], r.Compared)
+	}
+	fmt.Fprintf(&b, "; all of them at once: %d (check took %s).\n\n", r.Equal, r.Took.Round(time.Second))
 	if len(r.Diffs) > 0 {
 		b.WriteString("| field | records that differ | first example |\n|---|---:|---|\n")
 		fields := make([]string, 0, len(r.Diffs))
