@@ -51,6 +51,7 @@ type options struct {
 	peers        string
 	consumers    string
 	compat       bool
+	peerLimit    time.Duration
 	compatOnly   bool
 }
 
@@ -97,7 +98,8 @@ func main() {
 	fs.StringVar(&o.apacheJVM, "apache-jvm-flags", apacheJVMFlags, "JVM flags of the Apache Kafka node, after internal/kafkaserver's defaults (a later flag wins)")
 	fs.BoolVar(&o.exactlyOnce, "exactly-once", true, "add the relay with --exactly-once (Kafka transactions) to the batch and single drains and the live runs, on kfake and Apache Kafka")
 	fs.StringVar(&o.peers, "peers", "debezium,wal-listener", "the peers measured on Apache Kafka: debezium (Kafka Connect and the jars of make debezium-jars), wal-listener (go install); empty for none")
-	fs.StringVar(&o.consumers, "consumers", "", "only these drain consumers, by tag (recvlogical, null, kfake, apache, kfake-eos, apache-eos, debezium, wal-listener); empty for all")
+	fs.StringVar(&o.consumers, "consumers", "", "only these drain consumers, by tag (pg_recvlogical, null, kfake, apache, kfake-eos, apache-eos, debezium, wal-listener); empty for all")
+	fs.DurationVar(&o.peerLimit, "peer-limit", 5*time.Minute, "longest a peer's drain runs after its start-up; a slower peer's row is the events it drained by then, the number stated")
 	fs.BoolVar(&o.compat, "compat", true, "run the drop-in check against Debezium's outbox router (needs Apache Kafka and the jars of make debezium-jars)")
 	fs.BoolVar(&o.compatOnly, "compat-only", false, "run only the drop-in check (make compat-debezium); exits 1 if it fails or records are missing")
 	fs.BoolVar(&o.liveProfile, "live-profile", true, "write a CPU profile of the relay in the live run")

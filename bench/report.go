@@ -562,7 +562,11 @@ func (e *env) peerRow(d drainResult) string {
 			p50, p95, p99 = ms(l.CreateToAck.P50), ms(l.CreateToAck.P95), ms(l.CreateToAck.P99)
 		}
 	}
-	return fmt.Sprintf("| %s | %s | %d | %.0f | %s | %s | %s | %.1f | %s | %s | %s | %s |\n", shapeName(d.Shape), d.Consumer, d.Events, d.rate(), xr, xa,
+	events := fmt.Sprint(d.Events)
+	if d.Partial != "" {
+		events += " (" + d.Partial + ")"
+	}
+	return fmt.Sprintf("| %s | %s | %s | %.0f | %s | %s | %s | %.1f | %s | %s | %s | %s |\n", shapeName(d.Shape), d.Consumer, events, d.rate(), xr, xa,
 		perMillion(d.CPU, d.Events), float64(d.RSSKiB)/1024, startup, p50, p95, p99)
 }
 

@@ -100,9 +100,12 @@ type drainResult struct {
 	// CPU are then the drain's alone.
 	Startup    time.Duration
 	StartupCPU time.Duration
-	Load       string
-	Err        string
-	Profile    string // pprof -top of the relay, if profiled
+	// Partial says why a peer's drain stopped early (--peer-limit); its
+	// Events and Wall are then what it drained in that time.
+	Partial string
+	Load    string
+	Err     string
+	Profile string // pprof -top of the relay, if profiled
 }
 
 func (d drainResult) rate() float64 {
@@ -382,7 +385,9 @@ func (e *env) shape(ctx context.Context, shape string) error {
 		default:
 			r = e.drainRelay(ctx, shape, slots[c], c, end)
 		}
-		r.Events = e.o.events
+		if r.Partial == "" {
+			r.Events = e.o.events
+		}
 		e.logDrain(r)
 		e.res.Drains = append(e.res.Drains, r)
 		if ctx.Err() != nil {
