@@ -314,6 +314,8 @@ func (e *env) writeResults() error {
 	if err := writeCharts(e.o.outDir, e); err != nil {
 		return err
 	}
+	// The one chart of earlier runs, now drain.png and latency.png.
+	os.Remove(filepath.Join(e.o.outDir, "chart.png"))
 	fmt.Printf("wrote %s, %s and %s\n", filepath.Join(e.o.outDir, "RESULTS.md"), filepath.Join(e.o.outDir, drainChart), filepath.Join(e.o.outDir, latencyChart))
 	return nil
 }
