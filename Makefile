@@ -3,7 +3,7 @@ GO       ?= go
 FUZZTIME ?= 20s
 BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
 
-.PHONY: all setup test test-kafka test-pg-matrix pg-versions kafka-jars lint build demo bench bench-go fuzz clean
+.PHONY: all setup test test-kafka test-pg-matrix pg-versions kafka-jars debezium-jars lint build demo bench bench-go compat-debezium fuzz clean
 
 all: lint test
 
@@ -50,6 +50,12 @@ test-kafka: kafka-jars
 kafka-jars:
 	@bash kafka/fetch.sh
 
+# Kafka Connect and Debezium's PostgreSQL connector for the benchmark's
+# Debezium rows and compat-debezium, fetched with Maven into ~/.cache once
+# (bench/debezium/fetch.sh); a no-op when they are there.
+debezium-jars:
+	@bash bench/debezium/fetch.sh
+
 lint:
 	@out=$$(gofmt -l .); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
@@ -69,11 +75,19 @@ demo: build
 # The end-to-end benchmark: private PostgreSQL, the relay against kfake and
 # against a one-node Apache Kafka (the jars of `make kafka-jars`; --no-apache
 # leaves it out), each in its own process; writes bench/results/RESULTS.md
-# and chart.png. BENCH_FLAGS=--quick for a ~2 minute look; `go run ./bench -h`
+# and the charts drain.png and latency.png, with Debezium and wal-listener
+# beside the relay (make debezium-jars) and the make compat-debezium check.
+# BENCH_FLAGS=--quick for a ~2 minute look; `go run ./bench -h`
 # lists the rest.
 BENCH_FLAGS ?=
-bench: kafka-jars
+bench: kafka-jars debezium-jars
 	$(GO) run ./bench $(BENCH_FLAGS)
+
+# The drop-in check alone: Debezium's outbox EventRouter at its defaults
+# and the relay with --compat debezium over the same rows, compared record
+# by record (bench/compat.go); about a minute.
+compat-debezium: kafka-jars debezium-jars
+	$(GO) run ./bench --compat-only --out bench/results --tmp bench/tmp
 
 # The Go micro-benchmarks (decoder, checkpoint, pipeline, sink), with allocs/op.
 bench-go:

@@ -101,11 +101,20 @@ func (e *env) startApache(ctx context.Context) (*apache, error) {
 	if err := a.createTopics(ctx, benchTopic, warmupTopic); err != nil {
 		return nil, err
 	}
+	if err := a.startCoordinators(ctx); err != nil {
+		return nil, err
+	}
 	// Measured: after 10s of paced records the C2 compiler still took
 	// about a core for the next 10s; after 30s it was quiet.
 	a.WarmupRecords, a.WarmupPaced = min(e.o.events, 200_000), 30*time.Second
 	if e.o.quick {
 		a.WarmupPaced = 10 * time.Second
+	}
+	if e.o.compatOnly {
+		// The check measures nothing: no warm-up.
+		a.WarmupRecords, a.WarmupPaced = 0, 0
+		ok = true
+		return a, nil
 	}
 	t := time.Now()
 	if err := a.warmUp(ctx, a.WarmupRecords, e.o.rate, a.WarmupPaced); err != nil {
@@ -199,6 +208,41 @@ func (a *apache) createTopics(ctx context.Context, topics ...string) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// startCoordinators has the broker create its consumer offsets and
+// transaction state topics, as a first consumer group and a first
+// transactional producer would. Without the offsets topic, on a fresh
+// broker that creates no topic on request (apacheSettings), sarama's
+// transactional producer asks for that topic's leader in a loop and never
+// starts.
+func (a *apache) startCoordinators(ctx context.Context) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(a.addr))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	deadline := time.Now().Add(time.Minute)
+	for _, kind := range []int8{0, 1} { // a group's, a transaction's
+		for {
+			req := kmsg.NewPtrFindCoordinatorRequest()
+			req.CoordinatorType = kind
+			req.CoordinatorKeys = []string{"outbox-relay-bench"}
+			resp, err := req.RequestWith(ctx, cl)
+			if err == nil && len(resp.Coordinators) == 1 && resp.Coordinators[0].ErrorCode == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("Apache Kafka has no coordinator of type %d after a minute (%v)", kind, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 // warmUp sends records shaped like the bench's events through the relay's

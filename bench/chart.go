@@ -8,6 +8,7 @@ import (
 	"image/png"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -28,6 +29,10 @@ var (
 		cKfake:       {52, 168, 83, 255},
 		cApache:      {123, 31, 162, 255},
 		cPoller:      {251, 140, 0, 255},
+		cKfakeEOS:    {129, 199, 132, 255},
+		cApacheEOS:   {186, 104, 200, 255},
+		cDebezium:    {211, 47, 47, 255},
+		cWalListener: {0, 151, 167, 255},
 	}
 	// legendNote says what each consumer is, in the legend.
 	legendNote = map[string]string{
@@ -36,9 +41,21 @@ var (
 		cKfake:       "in-memory broker",
 		cApache:      "one KRaft node, a JVM",
 		cPoller:      "SKIP LOCKED, to kfake",
+		cKfakeEOS:    "Kafka transactions",
+		cApacheEOS:   "Kafka transactions",
+		cDebezium:    "Kafka Connect, to Apache Kafka",
+		cWalListener: "to Apache Kafka",
 	}
-	drainOrder = []string{cRecvlogical, cNull, cKfake, cApache, cPoller}
-	liveOrder  = []string{cKfake, cApache, cPoller}
+	// chartName is a consumer's name left of its bar, where the space is
+	// short.
+	chartName = map[string]string{
+		cKfakeEOS:    "relay->kfake EOS",
+		cApacheEOS:   "relay->Apache EOS",
+		cDebezium:    "Debezium->Apache",
+		cWalListener: "wal-listener->Apache",
+	}
+	drainOrder = []string{cRecvlogical, cNull, cKfake, cKfakeEOS, cApache, cApacheEOS, cDebezium, cWalListener, cPoller}
+	liveOrder  = []string{cKfake, cKfakeEOS, cApache, cApacheEOS, cDebezium, cPoller}
 )
 
 // font5x7 has the characters the chart writes: 5 columns, 7 rows above the
@@ -195,16 +212,47 @@ func panel(img *image.RGBA, rect image.Rectangle, title, unit string, groups []b
 		drawText(img, rect.Min.X, rect.Min.Y+40, "no results", 2, colMuted)
 		return
 	}
-	// Three to five grid lines at round values.
-	step := niceCeil(maxV / 4)
-	ticks := int(math.Ceil(maxV/step - 1e-9))
-	top := step * float64(ticks)
+	minV := maxV
+	for _, g := range groups {
+		for _, b := range g.bars {
+			if b.value > 0 {
+				minV = min(minV, b.value)
+			}
+		}
+	}
 	plot := image.Rect(rect.Min.X+labelW, rect.Min.Y+36, rect.Max.X-90, rect.Min.Y+36+groupsHeight(groups))
-	for i := 0; i <= ticks; i++ {
-		x := plot.Min.X + int(float64(plot.Dx())*float64(i)/float64(ticks))
-		fill(img, x, plot.Min.Y, 1, plot.Dy(), colGrid)
-		s := compact(step * float64(i))
-		drawText(img, x-textWidth(s, 2)/2, plot.Max.Y+8, s, 2, colText)
+	// Bars spanning more than 30x go on a log scale, grid lines at powers
+	// of ten; else three to five grid lines at round values.
+	var length func(v float64) int
+	if maxV/minV > 30 {
+		lo, hi := math.Floor(math.Log10(minV)), math.Ceil(math.Log10(maxV))
+		if hi == lo {
+			hi++
+		}
+		length = func(v float64) int {
+			if v <= 0 {
+				return 0
+			}
+			return int(float64(plot.Dx()) * (math.Log10(v) - lo) / (hi - lo))
+		}
+		for e := lo; e <= hi; e++ {
+			x := plot.Min.X + length(math.Pow(10, e))
+			fill(img, x, plot.Min.Y, 1, plot.Dy(), colGrid)
+			s := compact(math.Pow(10, e))
+			drawText(img, x-textWidth(s, 2)/2, plot.Max.Y+8, s, 2, colText)
+		}
+		unit += " (log scale)"
+	} else {
+		step := niceCeil(maxV / 4)
+		ticks := int(math.Ceil(maxV/step - 1e-9))
+		top := step * float64(ticks)
+		length = func(v float64) int { return int(float64(plot.Dx()) * v / top) }
+		for i := 0; i <= ticks; i++ {
+			x := plot.Min.X + int(float64(plot.Dx())*float64(i)/float64(ticks))
+			fill(img, x, plot.Min.Y, 1, plot.Dy(), colGrid)
+			s := compact(step * float64(i))
+			drawText(img, x-textWidth(s, 2)/2, plot.Max.Y+8, s, 2, colText)
+		}
 	}
 	drawText(img, plot.Min.X+plot.Dx()/2-textWidth(unit, 2)/2, plot.Max.Y+34, unit, 2, colText)
 	y := plot.Min.Y
@@ -212,8 +260,12 @@ func panel(img *image.RGBA, rect image.Rectangle, title, unit string, groups []b
 		drawText(img, rect.Min.X, y+6, g.title, 2, colText)
 		y += groupHead
 		for _, b := range g.bars {
-			drawText(img, rect.Min.X+14, y+3, b.consumer, 2, colMuted)
-			w := int(float64(plot.Dx()) * b.value / top)
+			name := b.consumer
+			if n, ok := chartName[name]; ok {
+				name = n
+			}
+			drawText(img, rect.Min.X+14, y+3, name, 2, colMuted)
+			w := length(b.value)
 			fill(img, plot.Min.X, y, max(w, 1), barH, consumerColor[b.consumer])
 			drawText(img, plot.Min.X+w+6, y+3, b.label, 2, colText)
 			y += barH + barGap
@@ -284,15 +336,23 @@ func compact(v float64) string {
 	return s
 }
 
-func writeChart(path string, e *env) error {
+// Chart files in the results directory.
+const (
+	drainChart   = "drain.png"
+	latencyChart = "latency.png"
+)
+
+// writeCharts writes the drain throughput chart and the live latency chart
+// into dir.
+func writeCharts(dir string, e *env) error {
 	var drains []barGroup
-	seen := map[string]bool{}
+	drainSeen := map[string]bool{}
 	for _, shape := range shapes {
 		g := barGroup{title: chartShapeName(shape)}
 		for _, c := range drainOrder {
 			if d, ok := e.drain(shape, c); ok {
 				g.bars = append(g.bars, bar{c, d.rate(), rateLabel(d.rate())})
-				seen[c] = true
+				drainSeen[c] = true
 			}
 		}
 		if len(g.bars) > 0 {
@@ -300,11 +360,12 @@ func writeChart(path string, e *env) error {
 		}
 	}
 	var live []barGroup
+	liveSeen := map[string]bool{}
 	for _, p := range []struct {
 		name string
 		f    func(percentiles) time.Duration
 	}{
-		{"p50", func(p percentiles) time.Duration { return p.P50 }},
+		{"p50 (median)", func(p percentiles) time.Duration { return p.P50 }},
 		{"p95", func(p percentiles) time.Duration { return p.P95 }},
 		{"p99", func(p percentiles) time.Duration { return p.P99 }},
 	} {
@@ -313,30 +374,39 @@ func writeChart(path string, e *env) error {
 			if l, ok := e.liveOf(c); ok {
 				v := float64(p.f(l.CreateToAck)) / float64(time.Millisecond)
 				g.bars = append(g.bars, bar{c, v, msLabel(v)})
-				seen[c] = true
+				liveSeen[c] = true
 			}
 		}
 		if len(g.bars) > 0 {
 			live = append(live, g)
 		}
 	}
+	sub := fmt.Sprintf("%d CPUs shared by PostgreSQL, the brokers and the consumers; %s", e.res.Machine.CPUs, e.res.Started.UTC().Format("2006-01-02"))
+	if err := drawChart(filepath.Join(dir, drainChart), "Draining a backlog: events/s per consumer",
+		fmt.Sprintf("%s events per shape, each consumer on its own slot;\n%s", thousands(e.o.events), sub),
+		"Drain throughput, grouped by transaction shape (higher is better)", "events/s", drains, drainSeen); err != nil {
+		return err
+	}
+	return drawChart(filepath.Join(dir, latencyChart), fmt.Sprintf("Live latency at %s events/s: insert to ack", thousands(e.o.rate)),
+		"single-row transactions; exactly-once and Debezium: insert to a consumer seeing the record;\n"+sub,
+		"Latency percentiles, grouped by percentile (lower is better)", "milliseconds", live, liveSeen)
+}
 
-	const width, top = 1640, 96
-	plotH := max(groupsHeight(drains), groupsHeight(live))
+// drawChart draws one titled panel of bar groups with a legend of the
+// consumers seen.
+func drawChart(path, title, sub, panelTitle, unit string, groups []barGroup, seen map[string]bool) error {
+	const width, top = 1200, 120
+	plotH := groupsHeight(groups)
 	legendY := top + 36 + plotH + 70
-	height := legendY + 80 // two lines of legend
+	height := legendY + 30*len(seen) + 40 // at worst a legend line each
 	img := image.NewRGBA(image.Rect(0, 0, width, height))
 	draw.Draw(img, img.Bounds(), &image.Uniform{colBG}, image.Point{}, draw.Src)
 
-	drawText(img, 20, 16, "outbox-relay: draining a backlog, and live latency", 3, colText)
-	sub := fmt.Sprintf("%s events per shape; %d CPUs shared by PostgreSQL, the brokers and the relay; %s",
-		thousands(e.o.events), e.res.Machine.CPUs, e.res.Started.UTC().Format("2006-01-02"))
-	drawText(img, 20, 52, sub, 2, colMuted)
-
-	panel(img, image.Rect(20, top, 830, top+plotH+80), "Backlog drain throughput (higher is better)", "events/s", drains)
-	fill(img, 845, top, 1, plotH+80, colGrid)
-	panel(img, image.Rect(860, top, width-10, top+plotH+80),
-		fmt.Sprintf("Live insert-to-ack latency at %s ev/s (lower is better)", thousands(e.o.rate)), "milliseconds", live)
+	drawText(img, 20, 16, title, 3, colText)
+	for i, line := range strings.Split(sub, "\n") {
+		drawText(img, 20, 52+i*24, line, 2, colMuted)
+	}
+	panel(img, image.Rect(20, top, width-10, top+plotH+80), panelTitle, unit, groups)
 
 	// The legend: a swatch and a note for each consumer drawn.
 	x := 20

@@ -13,7 +13,7 @@
 //	bench relay    the relay draining one slot to a null sink or the broker
 //	bench poller   a SKIP LOCKED poller publishing to the broker
 //
-// Results go to bench/results/RESULTS.md and bench/results/chart.png.
+// Results go to bench/results/RESULTS.md, drain.png and latency.png.
 package main
 
 import (
@@ -47,6 +47,12 @@ type options struct {
 	linger       time.Duration
 	noApache     bool
 	apacheJVM    string
+	exactlyOnce  bool
+	peers        string
+	consumers    string
+	compat       bool
+	peerLimit    time.Duration
+	compatOnly   bool
 }
 
 func main() {
@@ -82,14 +88,20 @@ func main() {
 	fs.IntVar(&o.writers, "writers", 8, "concurrent writers for single-row transactions")
 	fs.IntVar(&o.rate, "rate", 5000, "events/s for the live latency runs")
 	fs.DurationVar(&o.liveDuration, "live-duration", 0, "length of each live latency run (default 20s; 5s with --quick)")
-	fs.StringVar(&o.outDir, "out", "bench/results", "directory for RESULTS.md and chart.png (overwritten)")
+	fs.StringVar(&o.outDir, "out", "bench/results", "directory for RESULTS.md, drain.png and latency.png (overwritten)")
 	fs.StringVar(&o.tmpDir, "tmp", "bench/tmp", "directory for CPU profiles and logs (not committed)")
 	fs.BoolVar(&o.profile, "profile", true, "write a CPU profile of the relay process in each drain")
 	fs.StringVar(&o.shapes, "shapes", "batch,message,single", "backlog shapes to drain: batch (1,000-row transactions), message (1,000 logical messages per transaction, message mode), single (single-row transactions); empty for none")
 	fs.BoolVar(&o.skipPoller, "skip-poller", false, "skip the SKIP LOCKED poller runs")
-	fs.StringVar(&o.live, "live", "raw,relay,apache,poller", "live latency runs: raw (a bare replication reader: the latency floor), relay (to kfake), apache (the relay to Apache Kafka), poller (to kfake); empty for none")
+	fs.StringVar(&o.live, "live", "raw,relay,apache,poller,relay-eos,apache-eos,debezium,wal-listener", "live latency runs: raw (a bare replication reader: the latency floor), relay (to kfake), apache (the relay to Apache Kafka), poller (to kfake), relay-eos and apache-eos (the relay with --exactly-once, to kfake and Apache Kafka), debezium and wal-listener (the peers, to Apache Kafka); empty for none")
 	fs.BoolVar(&o.noApache, "no-apache", false, "leave out the Apache Kafka rows (drains and live run); without it the bench needs Java and the jars that bash kafka/fetch.sh caches")
 	fs.StringVar(&o.apacheJVM, "apache-jvm-flags", apacheJVMFlags, "JVM flags of the Apache Kafka node, after internal/kafkaserver's defaults (a later flag wins)")
+	fs.BoolVar(&o.exactlyOnce, "exactly-once", true, "add the relay with --exactly-once (Kafka transactions) to the batch and single drains and the live runs, on kfake and Apache Kafka")
+	fs.StringVar(&o.peers, "peers", "debezium,wal-listener", "the peers measured on Apache Kafka: debezium (Kafka Connect and the jars of make debezium-jars), wal-listener (go install); empty for none")
+	fs.StringVar(&o.consumers, "consumers", "", "only these drain consumers, by tag (pg_recvlogical, null, kfake, apache, kfake-eos, apache-eos, debezium, wal-listener); empty for all")
+	fs.DurationVar(&o.peerLimit, "peer-limit", 5*time.Minute, "longest a peer's drain runs after its start-up; a slower peer's row is the events it drained by then, the number stated")
+	fs.BoolVar(&o.compat, "compat", true, "run the drop-in check against Debezium's outbox router (needs Apache Kafka and the jars of make debezium-jars)")
+	fs.BoolVar(&o.compatOnly, "compat-only", false, "run only the drop-in check (make compat-debezium); exits 1 if it fails or records are missing")
 	fs.BoolVar(&o.liveProfile, "live-profile", true, "write a CPU profile of the relay in the live run")
 	fs.BoolVar(&o.pgbench, "pgbench", false, "drive the live runs with pgbench instead of the built-in Go writers")
 	fs.DurationVar(&o.linger, "kafka-linger", 0, "the relay's Kafka FlushFrequency (0: the sink's default)")

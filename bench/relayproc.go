@@ -136,7 +136,8 @@ func relayMain(args []string) error {
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here")
 	traceFile := fs.String("trace", "", "write a runtime/trace execution trace here")
 	messagePrefix := fs.String("message-prefix", "", "decode transactional logical messages with this prefix as events (message mode)")
-	latency := fs.Bool("latency", false, "record per-event latencies")
+	latency := fs.Bool("latency", false, "record per-event latencies (not with --exactly-once: the orchestrator measures those with a read_committed consumer)")
+	exactlyOnce := fs.Bool("exactly-once", false, "publish in Kafka transactions (the relay's --exactly-once, at its default transaction bounds)")
 	linger := fs.Duration("kafka-linger", 0, "the Kafka sink's FlushFrequency (0: the sink's default)")
 	statusInterval := fs.Duration("status-interval", 100*time.Millisecond, "status update interval")
 	verbose := fs.Bool("v", false, "log at info level to stderr")
@@ -186,12 +187,16 @@ func relayMain(args []string) error {
 		}
 	case "kafka":
 		kcfg := sink.KafkaConfig{Brokers: strings.Split(*brokers, ","), ClientID: "outbox-relay-bench", FlushFrequency: *linger, Logger: logger}
+		if *exactlyOnce {
+			// As the command sets it up (cmd/outbox-relay/kafka_flags.go).
+			kcfg.Transaction = sink.KafkaTransaction{ID: "outbox-relay-" + *slotName, CheckpointKey: *slotName}
+		}
 		newPub = func(context.Context) (relay.Publisher, error) {
 			k, err := sink.NewKafka(kcfg)
 			if err != nil {
 				return nil, err
 			}
-			if *latency {
+			if *latency && !*exactlyOnce {
 				return &latencyPublisher{inner: k, st: counters}, nil
 			}
 			return k, nil
@@ -209,6 +214,10 @@ func relayMain(args []string) error {
 		ReceiveTimeout: 30 * time.Second,
 		Logger:         logger,
 		Observer:       countingObserver{counters},
+		ExactlyOnce:    *exactlyOnce,
+	}
+	if *exactlyOnce && *sinkName != "kafka" {
+		return fmt.Errorf("--exactly-once needs --sink kafka")
 	}
 	r, err := relay.New(cfg, newPub)
 	if err != nil {

@@ -160,6 +160,7 @@ func (e *env) ratios() []ratio {
 		out = append(out, ratio{fmt.Sprintf("relay peak RSS <= 100MB draining a %d-event backlog", e.o.events),
 			fmt.Sprintf("%.1f MiB (highest relay drain)", float64(maxRSS)/1024), verdict(maxRSS <= 100*1024)})
 	}
+	out = append(out, e.peerRatios()...)
 	if k, ok := e.drain("batch", cKfake); ok {
 		if p, ok := e.drain("batch", cPoller); ok {
 			out = append(out, ratio{"higher max throughput than the poller (1,000-row txns, both to kfake)",
@@ -241,6 +242,8 @@ func (e *env) writeResults() error {
 	w("\nThe poller drains the 1,000-row-transaction backlog left in the table after the slots were drained (with its partial index `(created_at) WHERE processed_at IS NULL` created just before), ")
 	w("in batches of 1,000 (`FOR UPDATE SKIP LOCKED`, marks rows processed, commits after the broker acknowledged the batch; sleeps %s after a batch that was not full).\n\n", pollInterval)
 
+	e.writePeers(w)
+
 	e.writeModes(w)
 
 	w("## Live latency at a fixed write rate\n\n")
@@ -254,7 +257,8 @@ func (e *env) writeResults() error {
 	}
 	w("%d connections insert single-row transactions (synchronous_commit on) at %d/s in total for %s, from %s; each consumer runs alone (the relay and the poller against a fresh kfake broker%s), after a CHECKPOINT and the kernel's writeback; the live runs come before the backlog drains, on the freshly started server. ", e.o.writers, e.o.rate, e.o.liveDuration, writers, alsoApache)
 	w("**insert-to-ack** = time the broker acknowledged the record (producer callback in the relay; return of `SendMessages` in the poller) minus the row's `created_at` (`now()` of the inserting transaction, a fraction of a millisecond before its commit). ")
-	w("**commit-to-ack** (relay only) = ack time minus the commit timestamp carried in the WAL. Same clock: everything runs on one host.\n\n")
+	w("**commit-to-ack** (relay only) = ack time minus the commit timestamp carried in the WAL. Same clock: everything runs on one host. ")
+	w("For the relay with --exactly-once and for Debezium, insert-to-ack is insert to the record reaching a consumer in the bench process (read_committed for exactly-once, so a record counts once its Kafka transaction committed): the relay's record carries `created_at` as its timestamp, in milliseconds (up to 1ms added), Debezium's in a header.\n\n")
 	w("**tail** = how long after the writers stopped the consumer had delivered everything: near zero when it kept up with the rate; large means it fell behind and the percentiles measure a growing queue, not steady-state latency.\n\n")
 	w("**broker CPU** and **broker peak RSS** as in the drain table, over the writers' run and the tail.\n\n")
 	w("| consumer | target ev/s | achieved ev/s | events | insert-to-ack p50 | p95 | p99 | max | commit-to-ack p50 | p95 | p99 | tail s | consumer CPU s | Postgres CPU s | broker CPU s / 1M ev | broker peak RSS MiB | other processes CPU s | load during |\n")
@@ -286,9 +290,8 @@ func (e *env) writeResults() error {
 		w("| %s | %s | %s |\n", x.Target, x.Measured, x.Verdict)
 	}
 
-	w("\n## Chart\n\n![throughput and latency](chart.png)\n\n")
-	w("Left: events/s draining the backlog, one group per shape; bars in order pg_recvlogical (grey), relay->null (blue), relay->kfake (green), relay->Apache Kafka (purple), poller->kfake (orange). ")
-	w("Right: live insert-to-ack latency in ms, p50 / p95 / p99 for the relay to kfake (green), the relay to Apache Kafka (purple) and the poller to kfake (orange). The number at the end of each bar is its value; the legend is under the panels.\n")
+	w("\n## Charts\n\n![Drain throughput per consumer and shape](%s)\n\n![Live latency percentiles per consumer](%s)\n\n", drainChart, latencyChart)
+	w("Each bar is one consumer (colour, named left of the bar and in the legend), its value at its end; bars are grouped by transaction shape (drains) or by percentile (latency). An axis marked log scale has grid lines at powers of ten: there the bars' lengths compare orders of magnitude.\n")
 
 	var profiles []string
 	for _, l := range r.Live {
@@ -308,10 +311,12 @@ func (e *env) writeResults() error {
 	if err := os.WriteFile(filepath.Join(e.o.outDir, "RESULTS.md"), []byte(b.String()), 0o644); err != nil {
 		return err
 	}
-	if err := writeChart(filepath.Join(e.o.outDir, "chart.png"), e); err != nil {
+	if err := writeCharts(e.o.outDir, e); err != nil {
 		return err
 	}
-	fmt.Printf("wrote %s and %s\n", filepath.Join(e.o.outDir, "RESULTS.md"), filepath.Join(e.o.outDir, "chart.png"))
+	// The one chart of earlier runs, now drain.png and latency.png.
+	os.Remove(filepath.Join(e.o.outDir, "chart.png"))
+	fmt.Printf("wrote %s, %s and %s\n", filepath.Join(e.o.outDir, "RESULTS.md"), filepath.Join(e.o.outDir, drainChart), filepath.Join(e.o.outDir, latencyChart))
 	return nil
 }
 
@@ -491,4 +496,151 @@ func (e *env) writeBrokers(w func(string, ...any)) {
 	}
 	w("- **The relay's producer** (sink/kafka.go, `github.com/IBM/sarama` %s), the same for both brokers: idempotent, acks=all, one request in flight per broker connection, linger %s, protocol version %s. The poller's producer (bench/poller.go) is idempotent with acks=all too; it runs against kfake only.\n\n",
 		moduleVersion("github.com/IBM/sarama"), linger, sink.DefaultVersion)
+}
+
+// writePeers writes the side-by-side table of the relay, its exactly-once
+// mode and the peers, with their settings, and the drop-in check.
+func (e *env) writePeers(w func(string, ...any)) {
+	r := e.res
+	var rows []string
+	for _, shape := range []string{"batch", "single"} {
+		for _, c := range []string{cRecvlogical, cKfake, cKfakeEOS, cApache, cApacheEOS, cDebezium, cWalListener} {
+			for _, d := range r.Drains {
+				if d.Shape == shape && d.Consumer == c {
+					rows = append(rows, e.peerRow(d))
+				}
+			}
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	w("## Side by side: the relay, exactly-once, Debezium and wal-listener\n\n")
+	w("The same backlogs as above (each consumer on its own slot, created before the inserts), all publishing to the same Apache Kafka node (the relay also to kfake). ")
+	w("**x pg_recvlogical** and **x relay** are events/s ratios to pg_recvlogical and to the relay (at-least-once) to Apache Kafka on the same shape. ")
+	w("For the peers, **start-up** is from starting the process to its walsender streaming from the slot (`pg_replication_slots.active`), and the drain's wall time, events/s and CPU run from then until the last record is in its topic (the sum of the partitions' end offsets); peak RSS is the whole run's. ")
+	w("The relay's start-up is in its wall time (tens of milliseconds). ")
+	w("**Live** is at %d ev/s as in the live table; for the relay with --exactly-once and for Debezium it is insert to the record reaching a consumer (read_committed for exactly-once), not the producer's ack.\n\n", e.o.rate)
+	w("| shape | consumer | events | events/s | x pg_recvlogical | x relay | CPU s / 1M ev | peak RSS MiB | start-up s (CPU s) | live p50 | live p95 | live p99 |\n")
+	w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, row := range rows {
+		w("%s", row)
+	}
+	w("\n")
+	e.writePeerSettings(w)
+	if c := r.Compat; c != nil {
+		w("## Drop-in for Debezium's outbox router\n\n")
+		w("`make compat-debezium` (and the end of `make bench`): Debezium's connector with the outbox EventRouter at its defaults, and the relay with `--compat debezium`, read the same rows of a table laid out as Debezium documents it (`id uuid, aggregatetype, aggregateid, type, payload jsonb`; %s), ", compatTable)
+		w("%d rows: most in one transaction, and %d one per transaction whose payloads probe the encodings (text outside ASCII, numbers jsonb rewrites, nesting, escapes, an empty object, a bare array and string, and NULL). ", c.Rows, len(compatSpecials))
+		w("Debezium publishes to the Apache Kafka node, the relay to a kfake broker; every record is read back and paired with the other's by its `id` header.\n\n")
+		w("%s\n", c.summary())
+		w("What differs and why it stays:\n\n")
+		w("- **timestamp**: the EventRouter stamps a record with the time its connector processed the change (the envelope's `ts_ms`) unless `table.field.event.timestamp` names a column; the relay stamps the row's `created_at` or, in Debezium's table, which has none, the transaction's commit time. A processing time is not in the WAL, so no relay can reproduce it; both are within the same second of the commit in a live stream, minutes apart in a backlog.\n")
+		w("- **header names** (not part of the required fields): Debezium 3 adds `__debezium.context.*` headers naming its connector, task and run; the relay adds `event_type` and `aggregate_type`. Consumers written for Debezium read `id` and ignore the rest.\n")
+		w("- **partition** (not part of the required fields): Kafka's Java producer, which Connect uses, picks the partition by murmur2 of the key; the relay's sink picks its own. Per-key order holds within each tool, but a consumer switching from one to the other mid-stream sees a key move partitions.\n\n")
+	}
+}
+
+// peerRow is one row of the side-by-side table.
+func (e *env) peerRow(d drainResult) string {
+	if d.Err != "" {
+		return fmt.Sprintf("| %s | %s | %d | not measured: %s | | | | | | | | |\n", shapeName(d.Shape), d.Consumer, d.Events, strings.ReplaceAll(d.Err, "|", "/"))
+	}
+	xr, xa := "-", "-"
+	if c, ok := e.drain(d.Shape, cRecvlogical); ok {
+		xr = fmt.Sprintf("%.2f", d.rate()/c.rate())
+	}
+	if a, ok := e.drain(d.Shape, cApache); ok {
+		xa = fmt.Sprintf("%.2f", d.rate()/a.rate())
+	}
+	startup := "-"
+	if d.Startup > 0 {
+		startup = fmt.Sprintf("%.1f (%.1f)", d.Startup.Seconds(), d.StartupCPU.Seconds())
+	}
+	p50, p95, p99 := "-", "-", "-"
+	if d.Shape == "single" {
+		// The live runs are single-row transactions.
+		if l, ok := e.liveOf(d.Consumer); ok {
+			p50, p95, p99 = ms(l.CreateToAck.P50), ms(l.CreateToAck.P95), ms(l.CreateToAck.P99)
+		}
+	}
+	events := fmt.Sprint(d.Events)
+	if d.Partial != "" {
+		events += " (" + d.Partial + ")"
+	}
+	return fmt.Sprintf("| %s | %s | %s | %.0f | %s | %s | %s | %.1f | %s | %s | %s | %s |\n", shapeName(d.Shape), d.Consumer, events, d.rate(), xr, xa,
+		perMillion(d.CPU, d.Events), float64(d.RSSKiB)/1024, startup, p50, p95, p99)
+}
+
+// writePeerSettings lists every setting the bench changes for the peers.
+func (e *env) writePeerSettings(w func(string, ...any)) {
+	w("**Debezium** %s (`debezium-connector-postgres`, its EventRouter from `debezium-connect-plugins`) on Kafka Connect %s in standalone mode, jars from bench/debezium/fetch.sh. ", debeziumVersion, connectVersion)
+	w("Connect %s, not the broker's %s: Debezium %s is built against Kafka %s, and under Connect 4.4.0 its task dies loading `org.apache.kafka.common.utils.Sanitizer`, which kafka-clients 4.4.0 no longer has. ", connectVersion, "4.4.0", debeziumVersion, connectVersion)
+	w("JVM as Kafka's connect-standalone.sh starts it: `%s`. Settings changed from the defaults, all of them:\n\n", strings.Join(connectJVMFlags, " "))
+	w("- worker: %s\n", settingsTable(debeziumWorker))
+	w("- connector, for throughput: %s\n", settingsTable(debeziumConnector))
+	w("- connector, to read the bench's table: `plugin.name=pgoutput`, `slot.name` and `publication.name` (the bench's, created before the writes), `publication.autocreate.mode=disabled`, `table.include.list=public.outbox`, `snapshot.mode=no_data`, `tombstones.on.delete=false`, `topic.prefix=bench`\n")
+	w("- EventRouter: %s (the bench's column names), `route.topic.replacement` set to one topic per run; in the live run also `table.fields.additional.placement=created_at:header:created_at`, which carries the insert time to the latency consumer\n\n", settingsTable(debeziumRouter))
+	w("**wal-listener**: `go install %s/cmd/wal-listener@%s` into ~/.cache/outbox-relay/wal-listener/. ", walListenerModule, walListenerVersion)
+	if d, ok := e.anyDrain(cWalListener); ok && d.Err != "" {
+		w("It could not be measured here: %s\n\n", strings.ReplaceAll(d.Err, "|", "/"))
+	} else {
+		w("\n\n")
+	}
+	w("**The relay with --exactly-once**: the bench's relay helper with the command's transaction settings (transactional id `outbox-relay-<slot>`, checkpoint topic %s, at most 5,000 events or 16 MiB per Kafka transaction, 10ms linger). ", "`outbox-relay.checkpoints`")
+	w("The relay creates the checkpoint topic itself. The bench has the Apache Kafka node start its group and transaction coordinators first: on a fresh broker that creates no topic on request and has no `__consumer_offsets` yet, sarama's transactional producer asks for that topic's leader in a loop and never starts (a production cluster has the topic once any consumer group has committed).\n\n")
+}
+
+// anyDrain returns consumer's first drain row, failed or not.
+func (e *env) anyDrain(consumer string) (drainResult, bool) {
+	for _, d := range e.res.Drains {
+		if d.Consumer == consumer {
+			return d, true
+		}
+	}
+	return drainResult{}, false
+}
+
+// peerRatios are the targets against the peers and for exactly-once.
+func (e *env) peerRatios() []ratio {
+	var out []ratio
+	a, aok := e.drain("batch", cApache)
+	if d, ok := e.drain("batch", cDebezium); ok && aok {
+		x := a.rate() / d.rate()
+		out = append(out, ratio{"relay->Apache Kafka >= 3x Debezium's drain events/s (1,000-row txns)",
+			fmt.Sprintf("%.2fx (%.0f vs %.0f ev/s; Debezium's start-up of %s not counted)", x, a.rate(), d.rate(), d.Startup.Round(100*time.Millisecond)), verdict(x >= 3)})
+		out = append(out, ratio{"relay->Apache Kafka peak RSS <= 1/5 of Debezium's (1,000-row txns)",
+			fmt.Sprintf("1/%.1f (%.1f vs %.1f MiB)", float64(d.RSSKiB)/float64(max(a.RSSKiB, 1)), float64(a.RSSKiB)/1024, float64(d.RSSKiB)/1024), verdict(a.RSSKiB*5 <= d.RSSKiB)})
+	}
+	if l, ok := e.liveOf(cApache); ok {
+		if d, ok := e.liveOf(cDebezium); ok {
+			out = append(out, ratio{"relay->Apache Kafka live p99 <= Debezium's",
+				fmt.Sprintf("%s (insert to ack) vs %s (insert to consumer)", ms(l.CreateToAck.P99), ms(d.CreateToAck.P99)), verdict(l.CreateToAck.P99 <= d.CreateToAck.P99)})
+		}
+	}
+	if aok {
+		if wl, ok := e.drain("batch", cWalListener); ok {
+			out = append(out, ratio{"relay >= 10x wal-listener's drain events/s (1,000-row txns)",
+				fmt.Sprintf("%.1fx", a.rate()/wl.rate()), verdict(a.rate() >= 10*wl.rate())})
+		} else if d, ok := e.anyDrain(cWalListener); ok {
+			out = append(out, ratio{"relay >= 10x wal-listener's drain events/s (1,000-row txns)", "not measured: " + strings.ReplaceAll(d.Err, "|", "/"), "-"})
+		}
+	}
+	for _, pair := range [][2]string{{cApacheEOS, cApache}, {cKfakeEOS, cKfake}} {
+		for _, shape := range []string{"batch", "single"} {
+			eos, ok1 := e.drain(shape, pair[0])
+			alo, ok2 := e.drain(shape, pair[1])
+			if !ok1 || !ok2 {
+				continue
+			}
+			x := eos.rate() / alo.rate()
+			target, v := ">= 0.8x", verdict(x >= 0.8)
+			if shape != "batch" {
+				target, v = "(no target; for reference)", "-"
+			}
+			out = append(out, ratio{fmt.Sprintf("%s %s at-least-once (%s)", pair[0], target, shapeName(shape)),
+				fmt.Sprintf("%.2fx (%.0f vs %.0f ev/s)", x, eos.rate(), alo.rate()), v})
+		}
+	}
+	return out
 }

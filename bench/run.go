@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,7 +32,16 @@ const (
 	cKfake       = "relay->kfake"
 	cApache      = "relay->Apache Kafka"
 	cPoller      = "poller->kfake"
+	// The relay with --exactly-once: Kafka transactions, read_committed.
+	cKfakeEOS  = "relay->kfake (exactly-once)"
+	cApacheEOS = "relay->Apache Kafka (exactly-once)"
+	// The peers (bench/peers.go).
+	cDebezium    = "Debezium->Apache Kafka"
+	cWalListener = "wal-listener->Apache Kafka"
 )
+
+// exactlyOnce reports whether consumer is the relay with --exactly-once.
+func exactlyOnce(consumer string) bool { return consumer == cKfakeEOS || consumer == cApacheEOS }
 
 // fileTag names a consumer in the tmp directory's file names.
 func fileTag(consumer string) string {
@@ -42,6 +52,14 @@ func fileTag(consumer string) string {
 		return "kfake"
 	case cApache:
 		return "apache"
+	case cKfakeEOS:
+		return "kfake-eos"
+	case cApacheEOS:
+		return "apache-eos"
+	case cDebezium:
+		return "debezium"
+	case cWalListener:
+		return "wal-listener"
 	}
 	return strings.ReplaceAll(consumer, " ", "-")
 }
@@ -77,9 +95,17 @@ type drainResult struct {
 	BrokerCPU    time.Duration
 	BrokerRSSKiB int64
 	Other        time.Duration // processes outside the benchmark, same interval
-	Load         string
-	Err          string
-	Profile      string // pprof -top of the relay, if profiled
+	// Startup is, for the peers, the time from their start to streaming
+	// from the slot, and StartupCPU their CPU time meanwhile; Wall and
+	// CPU are then the drain's alone.
+	Startup    time.Duration
+	StartupCPU time.Duration
+	// Partial says why a peer's drain stopped early (--peer-limit); its
+	// Events and Wall are then what it drained in that time.
+	Partial string
+	Load    string
+	Err     string
+	Profile string // pprof -top of the relay, if profiled
 }
 
 func (d drainResult) rate() float64 {
@@ -159,6 +185,8 @@ type results struct {
 	Live           []liveResult
 	// Apache is the Apache Kafka cluster's set-up, nil with --no-apache.
 	Apache *apache
+	// Compat is the drop-in check's result, nil when it did not run.
+	Compat *compatResult
 	// ApacheCPU is the broker JVM's CPU time from its warm-up's end to the
 	// end of the run, idle time between its rows included.
 	ApacheCPU time.Duration
@@ -218,6 +246,9 @@ func run(ctx context.Context, o options) error {
 		defer e.ak.close()
 		e.res.Apache = e.ak
 	}
+	if o.compatOnly {
+		return e.compatOnly(ctx)
+	}
 
 	// The live runs come first, on the fresh server: run after the drains
 	// they measured the residue of three million inserts (p99 of the bare
@@ -232,6 +263,10 @@ func run(ctx context.Context, o options) error {
 		if err := e.shape(ctx, shape); err != nil {
 			return fmt.Errorf("shape %s: %w", shape, err)
 		}
+	}
+	if o.compat && e.ak != nil && ctx.Err() == nil {
+		c := e.compat(ctx)
+		e.res.Compat = &c
 	}
 	e.loads = append(e.loads, loadAverage())
 	e.res.Finished = time.Now()
@@ -275,9 +310,20 @@ func pgBinDir() string {
 // shape measures every consumer on one backlog of o.events events.
 func (e *env) shape(ctx context.Context, shape string) error {
 	consumers := []string{cRecvlogical, cNull, cKfake}
+	if e.o.exactlyOnce && shape != "message" {
+		consumers = append(consumers, cKfakeEOS)
+	}
 	if e.ak != nil {
 		consumers = append(consumers, cApache)
+		if e.o.exactlyOnce && shape != "message" {
+			consumers = append(consumers, cApacheEOS)
+		}
+		// The peers read rows, not logical messages.
+		if shape != "message" {
+			consumers = append(consumers, e.peers()...)
+		}
 	}
+	consumers = e.onlyConsumers(consumers)
 	slots := map[string]string{}
 	if _, err := e.admin.Exec(ctx, `TRUNCATE outbox`); err != nil {
 		return err
@@ -329,12 +375,19 @@ func (e *env) shape(ctx context.Context, shape string) error {
 
 	for _, c := range consumers {
 		var r drainResult
-		if c == cRecvlogical {
+		switch c {
+		case cRecvlogical:
 			r = e.drainRecvlogical(ctx, shape, slots[c], end)
-		} else {
+		case cDebezium:
+			r = e.drainDebezium(ctx, shape, slots[c])
+		case cWalListener:
+			r = e.drainWalListener(ctx, shape, slots[c])
+		default:
 			r = e.drainRelay(ctx, shape, slots[c], c, end)
 		}
-		r.Events = e.o.events
+		if r.Partial == "" {
+			r.Events = e.o.events
+		}
 		e.logDrain(r)
 		e.res.Drains = append(e.res.Drains, r)
 		if ctx.Err() != nil {
@@ -483,6 +536,7 @@ type relayOpts struct {
 	profile       string // CPU profile file
 	trace         string // runtime/trace file
 	messagePrefix string // message mode
+	exactlyOnce   bool
 }
 
 // startRelay starts the relay helper on slotName.
@@ -504,6 +558,9 @@ func (e *env) startRelay(name, slotName, sinkName string, o relayOpts) (*child, 
 	}
 	if o.messagePrefix != "" {
 		args = append(args, "-message-prefix", o.messagePrefix)
+	}
+	if o.exactlyOnce {
+		args = append(args, "-exactly-once")
 	}
 	if e.o.linger > 0 {
 		args = append(args, "-kafka-linger", e.o.linger.String())
@@ -529,13 +586,13 @@ func (e *env) consumerEnv() []string {
 // node. The relay without a broker has none.
 func (e *env) brokerFor(ctx context.Context, consumer string) (addr string, pid int, kfake *broker, err error) {
 	switch consumer {
-	case cKfake, cPoller:
+	case cKfake, cPoller, cKfakeEOS:
 		b, err := e.startBroker(ctx)
 		if err != nil {
 			return "", 0, nil, err
 		}
 		return b.addr, b.cmd.Process.Pid, b, nil
-	case cApache:
+	case cApache, cApacheEOS, cDebezium, cWalListener:
 		return e.ak.addr, e.ak.pid(), nil, nil
 	}
 	return "", 0, nil, nil
@@ -567,7 +624,7 @@ func (e *env) drainRelay(ctx context.Context, shape, slotName, consumer string, 
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
 	otherBefore := e.otherSnapshot()
 	start := time.Now()
-	ro := relayOpts{brokers: brokers, profile: profile}
+	ro := relayOpts{brokers: brokers, profile: profile, exactlyOnce: exactlyOnce(consumer)}
 	if shape == "message" {
 		ro.messagePrefix = messagePrefix
 	}
@@ -718,6 +775,10 @@ var liveConsumers = []struct{ flag, consumer string }{
 	{"relay", cKfake},
 	{"apache", cApache},
 	{"poller", cPoller},
+	{"relay-eos", cKfakeEOS},
+	{"apache-eos", cApacheEOS},
+	{"debezium", cDebezium},
+	{"wal-listener", cWalListener},
 }
 
 // live measures latency at a fixed write rate: the bare replication
@@ -730,10 +791,25 @@ func (e *env) live(ctx context.Context) error {
 	}
 	for _, lc := range liveConsumers {
 		consumer := lc.consumer
-		if !want[lc.flag] || consumer == cPoller && e.o.skipPoller || consumer == cApache && e.ak == nil {
+		apacheOnly := consumer == cApache || consumer == cApacheEOS || consumer == cDebezium || consumer == cWalListener
+		if !want[lc.flag] || consumer == cPoller && e.o.skipPoller || apacheOnly && e.ak == nil ||
+			exactlyOnce(consumer) && !e.o.exactlyOnce || (consumer == cDebezium || consumer == cWalListener) && !slices.Contains(e.peers(), consumer) {
 			continue
 		}
-		r := e.liveRun(ctx, consumer)
+		var r liveResult
+		switch consumer {
+		case cDebezium:
+			r = e.liveDebezium(ctx)
+		case cWalListener:
+			r = liveResult{Consumer: consumer, TargetRate: e.o.rate}
+			if _, err := walListener(ctx); err != nil {
+				r.Err = err.Error()
+			} else {
+				r.Err = "wal-listener installed, but the bench does not configure it yet (bench/peers.go)"
+			}
+		default:
+			r = e.liveRun(ctx, consumer)
+		}
 		switch {
 		case r.Err != "":
 			log.Printf("[live] %s: FAILED: %s", consumer, r.Err)
@@ -784,8 +860,8 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 	switch consumer {
 	case cRaw:
 		c, err = e.startRawReader("rawreader-live", liveSlot)
-	case cKfake, cApache:
-		ro := relayOpts{brokers: brokers, latency: true}
+	case cKfake, cApache, cKfakeEOS, cApacheEOS:
+		ro := relayOpts{brokers: brokers, latency: !exactlyOnce(consumer), exactlyOnce: exactlyOnce(consumer)}
 		if e.o.liveProfile {
 			ro.profile = e.logPath(relayName + ".pprof")
 		}
@@ -826,6 +902,16 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 	if brokerPid != 0 {
 		brokerUsage = meter(brokerPid)
 	}
+	// With --exactly-once, latency is insert to the record reaching a
+	// read_committed consumer: visible, not just acknowledged.
+	var lc *latencyConsumer
+	if exactlyOnce(consumer) {
+		if lc, err = startLatencyConsumer(brokers, benchTopic, "", true, time.Now()); err != nil {
+			r.Err = err.Error()
+			return r
+		}
+		defer lc.close()
+	}
 	pgBefore, _ := postgresCPU(e.pg.DataDir())
 	otherBefore := e.otherSnapshot()
 	var n int
@@ -847,6 +933,12 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		r.Err = err.Error()
 		return r
 	}
+	if lc != nil {
+		if err := lc.wait(ctx, n, time.Minute); err != nil {
+			r.Err = err.Error()
+			return r
+		}
+	}
 	r.Tail = time.Since(writersDone)
 	pgAfter, _ := postgresCPU(e.pg.DataDir())
 	r.PGCPU = pgAfter - pgBefore
@@ -858,7 +950,7 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 		return r
 	}
 	r.CPU, r.RSSKiB = c.usage()
-	if (consumer == cKfake || consumer == cApache) && e.o.liveProfile {
+	if (consumer == cKfake || consumer == cApache || exactlyOnce(consumer)) && e.o.liveProfile {
 		r.Profile = pprofTop(e.logPath(relayName + ".pprof"))
 	}
 	st, err := c.readStats()
@@ -872,6 +964,10 @@ func (e *env) liveRun(ctx context.Context, consumer string) liveResult {
 	}
 	if st.Acked != int64(n)+1 {
 		r.Err = fmt.Sprintf("%d events acknowledged, %d written (and one warm-up)", st.Acked, n)
+	}
+	if lc != nil {
+		r.CreateToAck = percentilesOf(lc.close())
+		return r
 	}
 	// The first sample is the warm-up event's.
 	r.CreateToAck = percentilesOf(dropFirst(st.CreateToAck))
