@@ -25,6 +25,9 @@ func brokerMain(args []string) error {
 		kfake.NumBrokers(1),
 		kfake.SeedTopics(int32(*partitions), benchTopic),
 		kfake.AllowAutoTopicCreation(),
+		// Topics created on first use get as many partitions as the
+		// Apache Kafka node's (the compat check compares partitions).
+		kfake.DefaultNumPartitions(*partitions),
 	)
 	if err != nil {
 		return err

@@ -327,6 +327,6 @@ func (r compatResult) summary() string {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "Partition (not required: Debezium's producer hashes keys with murmur2, the relay's own partitioner may not): %d of %d records differ.\n", r.Partition, r.Compared)
+	fmt.Fprintf(&b, "Partition (not a required field; both hash the key with murmur2 over the topic's partitions, which the two brokers give alike): %d of %d records differ.\n", r.Partition, r.Compared)
 	return b.String()
 }

@@ -537,7 +537,7 @@ func (e *env) writePeers(w func(string, ...any)) {
 		w("What differs and why it stays:\n\n")
 		w("- **timestamp**: the EventRouter stamps a record with the time its connector processed the change (the envelope's `ts_ms`) unless `table.field.event.timestamp` names a column; the relay stamps the row's `created_at` or, in Debezium's table, which has none, the transaction's commit time. A processing time is not in the WAL, so no relay can reproduce it; both are within the same second of the commit in a live stream, minutes apart in a backlog.\n")
 		w("- **header names** (not part of the required fields): Debezium 3 adds `__debezium.context.*` headers naming its connector, task and run; the relay adds `event_type` and `aggregate_type`. Consumers written for Debezium read `id` and ignore the rest.\n")
-		w("- **partition** (not part of the required fields): Kafka's Java producer, which Connect uses, picks the partition by murmur2 of the key; the relay's sink picks its own. Per-key order holds within each tool, but a consumer switching from one to the other mid-stream sees a key move partitions.\n\n")
+		w("- **partition** (not part of the required fields): the same when the topic has the same number of partitions: Kafka's Java producer, which Connect uses, and the relay's sink both take murmur2 of the key (sink/TestMurmur2MatchesJavaClient).\n\n")
 	}
 }
 
