@@ -87,6 +87,30 @@ func commitEnd(data []byte) pglogrepl.LSN {
 	return pglogrepl.LSN(binary.BigEndian.Uint64(data[10:18]))
 }
 
+// nextCommit reads batches until a Commit arrives and returns its end LSN.
+func nextCommit(t *testing.T, out <-chan []Message, done <-chan error) pglogrepl.LSN {
+	t.Helper()
+	for {
+		select {
+		case batch := <-out:
+			var end pglogrepl.LSN
+			for _, m := range batch {
+				if m.Data != nil && m.Data[0] == 'C' {
+					end = commitEnd(m.Data)
+				}
+			}
+			Release(batch)
+			if end != 0 {
+				return end
+			}
+		case err := <-done:
+			t.Fatalf("Run ended: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("the row's commit not received")
+		}
+	}
+}
+
 // The reader's batching, hold and coalescing never lose, reorder or delay
 // a message past its bound: every transaction arrives whole and in commit
 // order, through single-row transactions fast enough to coalesce, a
@@ -198,22 +222,7 @@ func TestStreamStopsPromptlyAndConfirmsWhatIsSafe(t *testing.T) {
 	stop, out, done := startStream(t, db, start, Config{StatusInterval: 10 * time.Second}, func() pglogrepl.LSN { return pglogrepl.LSN(safe.Load()) })
 
 	db.Exec(t, `INSERT INTO t VALUES (1, 'x')`)
-	var end pglogrepl.LSN
-	for end == 0 {
-		select {
-		case batch := <-out:
-			for _, m := range batch {
-				if m.Data != nil && m.Data[0] == 'C' {
-					end = commitEnd(m.Data)
-				}
-			}
-			Release(batch)
-		case err := <-done:
-			t.Fatalf("Run ended: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatal("the row's commit not received")
-		}
-	}
+	end := nextCommit(t, out, done)
 	safe.Store(uint64(end))
 	stopped := time.Now()
 	stop()
@@ -454,22 +463,7 @@ func TestStreamConfirmsSoonAfterTheSafePositionMoves(t *testing.T) {
 	}
 	for i, ackAfter := range []time.Duration{0, 1500 * time.Millisecond} {
 		db.Exec(t, `INSERT INTO t VALUES ($1, 'x')`, i)
-		var end pglogrepl.LSN
-		for end == 0 {
-			select {
-			case batch := <-out:
-				for _, m := range batch {
-					if m.Data != nil && m.Data[0] == 'C' {
-						end = commitEnd(m.Data)
-					}
-				}
-				Release(batch)
-			case err := <-done:
-				t.Fatalf("Run ended: %v", err)
-			case <-time.After(30 * time.Second):
-				t.Fatal("the row's commit not received")
-			}
-		}
+		end := nextCommit(t, out, done)
 		// The broker's acknowledgement, ackAfter from now (the load's
 		// shape, not a synchronisation).
 		acked := make(chan time.Time, 1)

@@ -421,7 +421,7 @@ func TestCrashAtSteadyRateRepeatsOnlyUnconfirmed(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-relay.done
-	waitSlotReleased(t, db, "steady")
+	waitSlotInactive(t, db, "steady")
 	confirmed, err := slotConfirmed(ctx, db, "steady")
 	if err != nil {
 		t.Fatal(err)

@@ -25,19 +25,19 @@ func eosArgs(db *pgtest.DB, brokers []string, slot string, extra ...string) []st
 		"--exactly-once"}, extra...)
 }
 
-// waitSlotReleased waits until no walsender holds the slot: after a kill,
-// its confirmed position is then final.
-func waitSlotReleased(t *testing.T, db *pgtest.DB, slot string) {
+// waitOtherWalsender waits until a walsender other than pid holds the
+// slot: the relay reconnected, or another relay took it over.
+func waitOtherWalsender(t *testing.T, db *pgtest.DB, slot string, pid int, what string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "slot "+slot+" released", func() (bool, error) {
+	waitFor(t, 60*time.Second, what, func() (bool, error) {
 		conn, err := pgx.Connect(t.Context(), db.URL)
 		if err != nil {
 			return false, err
 		}
 		defer conn.Close(context.Background())
-		var active bool
-		err = conn.QueryRow(t.Context(), `select active from pg_replication_slots where slot_name = $1`, slot).Scan(&active)
-		return !active, err
+		var next *int
+		err = conn.QueryRow(t.Context(), `select active_pid from pg_replication_slots where slot_name = $1`, slot).Scan(&next)
+		return next != nil && *next != pid, err
 	})
 }
 
@@ -96,7 +96,7 @@ func exactlyOnceThroughKills(t *testing.T, brokers []string, slot string) {
 			t.Fatal(err)
 		}
 		<-relay.done
-		waitSlotReleased(t, db, slot)
+		waitSlotInactive(t, db, slot)
 		relay = startRelay(t, args...)
 		outputs = append(outputs, relay)
 		waitSlotActive(t, db, slot)
@@ -142,16 +142,7 @@ func TestExactlyOnceThroughTerminatedWalsender(t *testing.T) {
 		})
 		pid := walsenderPID(t, db, "eos_term")
 		db.Exec(t, `select pg_terminate_backend($1)`, pid)
-		waitFor(t, 60*time.Second, "a new walsender", func() (bool, error) {
-			conn, err := pgx.Connect(ctx, db.URL)
-			if err != nil {
-				return false, err
-			}
-			defer conn.Close(context.Background())
-			var next *int
-			err = conn.QueryRow(ctx, `select active_pid from pg_replication_slots where slot_name = 'eos_term'`).Scan(&next)
-			return next != nil && *next != pid, err
-		})
+		waitOtherWalsender(t, db, "eos_term", pid, "a new walsender")
 	}
 	if err := <-writeErr; err != nil {
 		t.Fatalf("writing: %v", err)
@@ -323,16 +314,7 @@ func standbyTakeoverFencesTheFrozenRelay(t *testing.T, brokers []string) {
 	if err := active.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "the standby to take the slot", func() (bool, error) {
-		conn, err := pgx.Connect(ctx, db.URL)
-		if err != nil {
-			return false, err
-		}
-		defer conn.Close(context.Background())
-		var pid *int
-		err = conn.QueryRow(ctx, `select active_pid from pg_replication_slots where slot_name = 'eos_standby'`).Scan(&pid)
-		return pid != nil && *pid != activePID, err
-	})
+	waitOtherWalsender(t, db, "eos_standby", activePID, "the standby to take the slot")
 	from := written.Load()
 	waitFor(t, 60*time.Second, "writes after the takeover", func() (bool, error) { return written.Load() >= from+50, nil })
 	if err := active.cmd.Process.Signal(syscall.SIGCONT); err != nil {
@@ -381,7 +363,7 @@ func TestExactlyOnceKillInsideATransactionLargerThanAKafkaOne(t *testing.T) {
 	if len(before) >= 60000 {
 		t.Fatalf("all %d events were committed before the kill: it did not land inside the transaction", len(before))
 	}
-	waitSlotReleased(t, db, "eos_big")
+	waitSlotInactive(t, db, "eos_big")
 	relay = startRelay(t, args...)
 	res := exactlyOnce(t, sc, sc.readBack(t, brokers))
 	if !strings.Contains(relay.out.String(), "skipped events the Kafka checkpoint shows committed already") {
