@@ -197,15 +197,16 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 			p.log.Info("skipping event already sent to the dead-letter topic", "slot", p.slot, "event_id", op.Event.ID, "lsn", m.WALStart)
 			return nil
 		}
+		size := int64(estimateSize(&op.Event))
 		if p.eos != nil {
-			if err := p.eos.makeRoom(ctx, int64(estimateSize(&op.Event))); err != nil {
+			if err := p.eos.makeRoom(ctx, size); err != nil {
 				return err
 			}
 			if cause := p.poisoned.get(op.Event.ID); cause != nil {
-				return p.setAside(ctx, op.Event, cause)
+				return p.setAside(ctx, op.Event, size, cause)
 			}
 		}
-		return p.publish(ctx, op.Event, m.ReceivedAt)
+		return p.publish(ctx, op.Event, size, m.ReceivedAt)
 	case decoder.KindCommit:
 		p.tracker.Commit(op.EndLSN)
 		p.unconfirmed.commit(op.EndLSN, p.tracker.Safe())
@@ -220,8 +221,7 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 
 // setAside dead-letters (or stops at) an event a broker rejected inside an
 // earlier, aborted, broker transaction: in stream order, in this one.
-func (p *pipeline) setAside(ctx context.Context, ev decoder.Event, cause error) error {
-	size := int64(estimateSize(&ev))
+func (p *pipeline) setAside(ctx context.Context, ev decoder.Event, size int64, cause error) error {
 	if err := p.budget.acquire(ctx, size); err != nil {
 		return err
 	}
@@ -231,9 +231,9 @@ func (p *pipeline) setAside(ctx context.Context, ev decoder.Event, cause error) 
 	return p.poison(ctx, poison{ev: &evCopy, lsn: ev.LSN, err: cause}, tok, size)
 }
 
-// publish hands one event to the publisher, within the byte budget.
-func (p *pipeline) publish(ctx context.Context, ev decoder.Event, receivedAt time.Time) error {
-	size := int64(estimateSize(&ev))
+// publish hands one event of size bytes (estimateSize) to the publisher,
+// within the byte budget.
+func (p *pipeline) publish(ctx context.Context, ev decoder.Event, size int64, receivedAt time.Time) error {
 	if err := p.budget.acquire(ctx, size); err != nil {
 		return err
 	}
