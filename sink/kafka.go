@@ -1136,6 +1136,12 @@ func (k *Kafka) closeClient() <-chan struct{} {
 // returns them, are dropped.
 func (k *Kafka) acks() {
 	defer close(k.ackDone)
+	if k.txn != nil {
+		// Records of a transaction that never ended wait for no one now:
+		// fail them, so every ack is called (the sink may be closed by an
+		// abort that finds this goroutine already done).
+		defer func() { k.failHeld(k.txn.take(), k.abortCause()) }()
+	}
 	successes, errs := k.producer.Successes(), k.producer.Errors()
 	abort := k.abortReq
 	for successes != nil || errs != nil {

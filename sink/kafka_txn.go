@@ -401,9 +401,14 @@ func (k *Kafka) txnError(what string, err error) error {
 }
 
 // isFenced reports whether err says that a newer producer with the same
-// transactional id exists.
+// transactional id exists. INVALID_TXN_STATE counts: the relay's own use
+// of the protocol is in order, and a coordinator that aborted this
+// producer's transaction for a newer one may answer its records so.
+// (Taken for fenced wrongly, it costs one session: the relay goes to
+// standby and takes the slot again if it is free.)
 func isFenced(err error) bool {
-	return errors.Is(err, sarama.ErrProducerFenced) || errors.Is(err, sarama.ErrInvalidProducerEpoch)
+	return errors.Is(err, sarama.ErrProducerFenced) || errors.Is(err, sarama.ErrInvalidProducerEpoch) ||
+		errors.Is(err, sarama.ErrInvalidTxnState)
 }
 
 // ReadCheckpoint returns the value of the newest committed checkpoint
