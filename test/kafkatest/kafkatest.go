@@ -8,11 +8,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // NewCluster starts a one-broker kfake cluster that creates topics on first
@@ -57,7 +60,8 @@ func ReadNMatching(ctx context.Context, brokers []string, patterns []string, n i
 }
 
 // ReadAll reads the given topics from their start until no new record has
-// arrived for quiet, or ctx ends (then it also returns an error).
+// arrived for quiet, counted from the consumer's first fetch, or ctx ends
+// (then it also returns an error).
 //
 // Use it only to assert that nothing more arrives (after ReadN got what was
 // expected, say): a quiet period proves nothing about records still on their
@@ -78,6 +82,7 @@ func read(ctx context.Context, brokers, topics []string, regex bool, n int, quie
 	if len(topics) == 0 {
 		return nil, errors.New("kafkatest: no topics to read")
 	}
+	started := &fetchStarted{ch: make(chan struct{})}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.ConsumeTopics(topics...),
@@ -88,6 +93,7 @@ func read(ctx context.Context, brokers, topics []string, regex bool, n int, quie
 		kgo.MetadataMinAge(50 * time.Millisecond),
 		kgo.MetadataMaxAge(200 * time.Millisecond),
 		kgo.FetchMaxWait(100 * time.Millisecond),
+		kgo.WithHooks(started),
 	}
 	if regex {
 		opts = append(opts, kgo.ConsumeRegex())
@@ -98,6 +104,14 @@ func read(ctx context.Context, brokers, topics []string, regex bool, n int, quie
 	}
 	defer cl.Close()
 
+	if n < 0 {
+		// The quiet period counts from when the consumer reads: its
+		// start-up (metadata, offsets, connections) takes seconds on a
+		// busy machine.
+		if err := started.wait(ctx, cl, topics, regex); err != nil {
+			return nil, err
+		}
+	}
 	var (
 		got     []Record
 		lastErr error
@@ -142,6 +156,62 @@ func read(ctx context.Context, brokers, topics []string, regex bool, n int, quie
 		}
 	}
 	return got, nil
+}
+
+// fetchStarted notices the consumer's first fetch response: it has its
+// partitions and their offsets, and reads.
+type fetchStarted struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+// OnBrokerRead implements kgo.HookBrokerRead.
+func (f *fetchStarted) OnBrokerRead(_ kgo.BrokerMetadata, key int16, _ int, _, _ time.Duration, err error) {
+	if key == int16(kmsg.Fetch) && err == nil {
+		f.once.Do(func() { close(f.ch) })
+	}
+}
+
+// startupLimit bounds the wait for the first fetch response.
+const startupLimit = 30 * time.Second
+
+// wait returns once the consumer has read a fetch response, or at once
+// when none of the topics exists (there is nothing to fetch), or after
+// startupLimit. It fails only when ctx ends.
+func (f *fetchStarted) wait(ctx context.Context, cl *kgo.Client, topics []string, regex bool) error {
+	if !anyExists(ctx, cl, topics, regex) {
+		return ctx.Err()
+	}
+	limit := time.NewTimer(startupLimit)
+	defer limit.Stop()
+	select {
+	case <-f.ch:
+	case <-limit.C:
+	case <-ctx.Done():
+		return fmt.Errorf("kafkatest: waiting for the consumer to start: %w", ctx.Err())
+	}
+	return nil
+}
+
+// anyExists reports whether one of topics (or, with regex, a topic
+// matching one of them) exists; true also when the brokers cannot be
+// asked.
+func anyExists(ctx context.Context, cl *kgo.Client, topics []string, regex bool) bool {
+	resp, err := kmsg.NewPtrMetadataRequest().RequestWith(ctx, cl)
+	if err != nil {
+		return true
+	}
+	for _, t := range resp.Topics {
+		if t.Topic == nil || t.ErrorCode != 0 {
+			continue
+		}
+		for _, want := range topics {
+			if matched, _ := regexp.MatchString(want, *t.Topic); regex && matched || !regex && want == *t.Topic {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func convert(r *kgo.Record) Record {

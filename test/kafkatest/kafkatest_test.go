@@ -185,6 +185,42 @@ func TestReadAllStopsWhenQuiet(t *testing.T) {
 	}
 }
 
+// A consumer slow to start (its offsets answered late, as on a busy
+// machine) still reads everything: the quiet period counts from its first
+// fetch.
+func TestReadAllCountsQuietFromTheFirstFetch(t *testing.T) {
+	c := NewCluster(t)
+	var recs []*kgo.Record
+	for i := range 10 {
+		recs = append(recs, &kgo.Record{Topic: "t", Value: []byte{byte(i)}})
+	}
+	produce(t, c.ListenAddrs(), recs...)
+	c.ControlKey(int16(kmsg.ListOffsets), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.SleepControl(func() { <-time.After(time.Second) })
+		return nil, nil, false
+	})
+	got, err := ReadAll(t.Context(), c.ListenAddrs(), []string{"t"}, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 10 {
+		t.Fatalf("got %d records, want 10", len(got))
+	}
+}
+
+// ReadAll of a topic that does not exist returns at once, with nothing.
+func TestReadAllOfAMissingTopic(t *testing.T) {
+	c := NewCluster(t)
+	start := time.Now()
+	got, err := ReadAll(t.Context(), c.ListenAddrs(), []string{"nowhere"}, 200*time.Millisecond)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("got %d records, err %v; want none", len(got), err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("ReadAll of a missing topic took %v", took)
+	}
+}
+
 func TestKcatReadsKfakeByteForByte(t *testing.T) {
 	if !KcatAvailable() {
 		t.Fatal("kcat is not installed: run `make setup` (Debian/Ubuntu: apt-get install kcat)")
