@@ -41,9 +41,9 @@ test-pg-matrix: pg-versions
 pg-versions:
 	@bash scripts/fetch-postgres.sh $(filter-out 15,$(PG_VERSIONS))
 
-# Just the tests against Apache Kafka itself (test/kafkatest/apache.go).
+# Just the tests against Apache Kafka itself (internal/kafkatest/apache.go).
 test-kafka: kafka-jars
-	$(GO) test -race -count=1 -parallel 3 -timeout 15m -run 'Apache' ./test/ ./test/kafkatest/ ./internal/kafkaserver/
+	$(GO) test -race -count=1 -parallel 3 -timeout 15m -run 'Apache' ./test/ ./internal/kafkatest/ ./internal/kafkaserver/
 
 # Apache Kafka's jars, fetched with Maven into ~/.cache once (needs Java 17+
 # and Maven); a no-op when they are there.

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/outbox-relay/outbox-relay/test/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }

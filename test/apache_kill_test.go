@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outbox-relay/outbox-relay/test/kafkatest"
-	"github.com/outbox-relay/outbox-relay/test/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/kafkatest"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
 // A broker killed with SIGKILL mid-stream and restarted on its data loses

@@ -3,10 +3,10 @@ package test
 import (
 	"testing"
 
-	"github.com/outbox-relay/outbox-relay/test/kafkatest"
+	"github.com/outbox-relay/outbox-relay/internal/kafkatest"
 )
 
-// The tests here run against Apache Kafka itself (test/kafkatest/apache.go);
+// The tests here run against Apache Kafka itself (internal/kafkatest/apache.go);
 // `make test-kafka` runs just them. On both brokers run the tests whose
 // promise is about what reaches the broker and that need nothing of kfake's
 // fault injection (request hooks, frozen handlers): the end-to-end run, a

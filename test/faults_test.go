@@ -29,9 +29,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/outbox-relay/outbox-relay/internal/kafkatest"
 	"github.com/outbox-relay/outbox-relay/internal/pgserver"
-	"github.com/outbox-relay/outbox-relay/test/kafkatest"
-	"github.com/outbox-relay/outbox-relay/test/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
 // ---- helpers ---------------------------------------------------------------

@@ -24,8 +24,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/outbox-relay/outbox-relay/internal/brokerserver"
-	"github.com/outbox-relay/outbox-relay/test/kafkatest"
-	"github.com/outbox-relay/outbox-relay/test/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/kafkatest"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
 // relayBin is the outbox-relay binary built once for the whole package, so

@@ -26,10 +26,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/internal/kafkatest"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/metrics"
 	"github.com/outbox-relay/outbox-relay/slot"
-	"github.com/outbox-relay/outbox-relay/test/kafkatest"
-	"github.com/outbox-relay/outbox-relay/test/pgtest"
 )
 
 // freeAddr returns a loopback address with a port nobody listens on.

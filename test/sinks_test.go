@@ -20,9 +20,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/outbox-relay/outbox-relay/internal/brokerserver"
+	"github.com/outbox-relay/outbox-relay/internal/kafkatest"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/sink"
-	"github.com/outbox-relay/outbox-relay/test/kafkatest"
-	"github.com/outbox-relay/outbox-relay/test/pgtest"
 )
 
 // The brokers of these tests: private servers, each started on first use

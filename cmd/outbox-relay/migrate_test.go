@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/outbox-relay/outbox-relay/test/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/urfave/cli/v2"
 
-	"github.com/outbox-relay/outbox-relay/test/pgtest"
+	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
 // runCaptured runs the app as main does and returns its exit code, stdout

@@ -6,7 +6,7 @@
 // Config.Security adds a SASL_SSL listener (SCRAM-SHA-512 over TLS) beside
 // the plaintext one, with KRaft's ACL authorizer if asked.
 //
-// It serves the tests (through test/kafkatest) and the benchmark. It never
+// It serves the tests (through internal/kafkatest) and the benchmark. It never
 // touches a Kafka it did not start, except the nodes of a cluster whose
 // owner process is gone, which Start sweeps.
 package kafkaserver

@@ -6,7 +6,7 @@
 // holding ports, memory and disk. So the owner claims each server's
 // directory (Claim), and the next owner to start a server sweeps the
 // directories whose owner is gone (Abandoned). internal/pgserver does this
-// for PostgreSQL, test/kafkatest for Apache Kafka.
+// for PostgreSQL, internal/kafkatest for Apache Kafka.
 package orphan
 
 import (

@@ -2,7 +2,7 @@
 // initdb, then pg_ctl, on a loopback port and a private Unix socket, configured
 // for logical replication and for speed rather than durability.
 //
-// It serves the tests (through test/pgtest) and the `outbox-relay demo` command.
+// It serves the tests (through internal/pgtest) and the `outbox-relay demo` command.
 // It never touches a PostgreSQL cluster it did not create.
 package pgserver
 
