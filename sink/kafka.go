@@ -1203,7 +1203,11 @@ func (k *Kafka) failPending() {
 	}
 	for _, r := range rs {
 		k.room.release(r)
-		r.done(&RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: k.abortCause()})
+		var err error = &RecordError{EventID: r.id, Topic: r.msg.Topic, Partition: r.partition, Err: k.abortCause()}
+		if r.txnErr != nil {
+			err = r.txnErr // returned failed: its own error tells what to do with it
+		}
+		r.done(err)
 		if !r.noSlot {
 			<-k.slots
 		}
@@ -1240,6 +1244,7 @@ func (k *Kafka) watchStalls() {
 		oldest        *record
 		oldestSince   time.Time
 		lastCheck     time.Time
+		txnWatch      txnErrorWatch
 	)
 	for {
 		select {
@@ -1249,7 +1254,7 @@ func (k *Kafka) watchStalls() {
 			return
 		case <-tick.C:
 		}
-		if !k.committing.Load() && k.txnFatal() {
+		if !k.committing.Load() && txnWatch.stuck(k) {
 			// Fenced, most likely, while publishing: sarama would retry for
 			// hours and the pipeline wait at the in-flight cap. (A commit
 			// in progress sees it too, and says why.)

@@ -134,7 +134,7 @@ func (t *txnState) firstError() error {
 	if t.failed != nil {
 		return t.failed
 	}
-	return errors.New("the transaction manager reached a fatal state")
+	return errors.New("the transaction manager is in an error state")
 }
 
 // take ends the transaction's bookkeeping and returns its held records.
@@ -202,7 +202,10 @@ func (k *Kafka) Commit(ctx context.Context, checkpoint []byte) error {
 	defer k.committing.Store(false)
 	committed := make(chan error, 1)
 	go func() { committed <- k.producer.CommitTxn() }()
-	var err error
+	var (
+		err   error
+		watch txnErrorWatch
+	)
 	poll := time.NewTicker(50 * time.Millisecond)
 	defer poll.Stop()
 wait:
@@ -211,7 +214,7 @@ wait:
 		case err = <-committed:
 			break wait
 		case <-poll.C:
-			if k.txnFatal() {
+			if watch.stuck(k) {
 				// Fenced, most likely: sarama would go on retrying the
 				// records for hours. Cut the connections; the commit then
 				// returns the error.
@@ -323,22 +326,49 @@ func (k *Kafka) takeBackUnslotted(r *record, err error) error {
 	return err
 }
 
-// txnFatal reports whether sarama's transaction manager is in a fatal
-// state (fenced, or refused by the broker for good).
-func (k *Kafka) txnFatal() bool {
-	return k.txn != nil && k.producer.TxnStatus()&sarama.ProducerTxnFlagFatalError != 0
+// txnErrorGrace is how long an abortable error state of sarama's
+// transaction manager may last before the transaction counts as stuck.
+// The records of the failed batch come back at once; what is still in
+// flight after that never does.
+const txnErrorGrace = time.Second
+
+// txnErrorWatch tells when the open transaction can no longer end by
+// itself. Fatal (fenced, or refused by the broker for good): at once. In
+// an abortable error state, sarama sends no batch any more and retries
+// those it still holds as if a connection had failed, for as long as the
+// producer's retry budget lasts (hours), while a commit or abort waits for
+// them: once that state has lasted txnErrorGrace.
+type txnErrorWatch struct {
+	since time.Time // when the error state was first seen; zero if not in one
 }
 
-// fatalErr returns a channel with the error of the transaction sarama
-// reached a fatal state in: the commit's, once the connections are cut so
-// that it returns.
+// stuck looks at the transaction manager's state now.
+func (w *txnErrorWatch) stuck(k *Kafka) bool {
+	if k.txn == nil {
+		return false
+	}
+	s := k.producer.TxnStatus()
+	switch {
+	case s&sarama.ProducerTxnFlagFatalError != 0:
+		return true
+	case s&sarama.ProducerTxnFlagInError == 0:
+		w.since = time.Time{}
+		return false
+	case w.since.IsZero():
+		w.since = time.Now()
+	}
+	return time.Since(w.since) >= txnErrorGrace
+}
+
+// fatalErr returns a channel with the error that put sarama's transaction
+// in error: the commit's, once the connections are cut so that it returns.
 func (k *Kafka) fatalErr(committed <-chan error) <-chan error {
 	out := make(chan error, 1)
 	k.dialer.abort()
 	go func() {
 		err := <-committed
 		if err == nil {
-			err = errors.New("the transaction manager reached a fatal state")
+			err = errors.New("the transaction manager is in an error state")
 		}
 		out <- err
 	}()
