@@ -353,9 +353,16 @@ func (c KafkaConfig) sarama() (*sarama.Config, error) {
 	// budget first, so an unreachable cluster still fails fast at start.
 	metadataBackoff := sc.Metadata.Retry.Backoff
 	sc.Metadata.Retry.Max = metadataRetryMax
+	// After Abort a lookup must end at once, not retry without waiting:
+	// every connection then fails at once, and sarama would go round its
+	// seed brokers metadataRetryMax times per lookup, in a busy loop.
+	// sarama skips the retries when the backoff would pass the lookup's
+	// deadline, so the deadline is beyond the whole budget and the
+	// backoff after Abort beyond the deadline.
+	sc.Metadata.Timeout = metadataRetryMax * 2 * time.Second * 2
 	sc.Metadata.Retry.BackoffFunc = func(retries, _ int) time.Duration {
 		if d.aborted.Load() {
-			return 0
+			return 2 * sc.Metadata.Timeout
 		}
 		return min(metadataBackoff<<min(retries, 4), 2*time.Second)
 	}
@@ -456,6 +463,7 @@ type Kafka struct {
 	txn        *txnState
 	txnConf    KafkaTransaction
 	committing atomic.Bool // a Commit runs
+	fencedSaid atomic.Bool // sayFenced logged
 	// abortErr, if set, is the error Abort fails the pending acks with.
 	abortErr atomic.Pointer[error]
 }

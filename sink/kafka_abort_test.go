@@ -288,3 +288,26 @@ func TestKafkaAbortOverTLS(t *testing.T) {
 		t.Fatalf("%d produce requests reached the broker after Abort returned", got-afterAbort)
 	}
 }
+
+// After Abort, what sarama still retries fails at once, and its metadata
+// lookups end at once too: none goes round the seed brokers for its whole
+// retry budget in a busy loop.
+func TestKafkaAbortLeavesNoBusyLoop(t *testing.T) {
+	c := newCluster(t, "outbox.order")
+	k := newKafka(t, c, KafkaConfig{})
+	sent, release := stallProduce(c)
+	t.Cleanup(release)
+	a := newAcks(10)
+	for i := range 10 {
+		ev := decoder.Event{ID: fmt.Sprint(i), AggregateID: fmt.Sprint(i), Topic: "outbox.order", Payload: []byte("x")}
+		if err := k.Publish(t.Context(), &ev, a.fn(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-sent
+	k.Abort()
+	a.wait(t, false)
+	if n := k.dialer.refused.Load(); n > 20 {
+		t.Fatalf("%d connections attempted after Abort: sarama spins", n)
+	}
+}

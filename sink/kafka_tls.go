@@ -111,6 +111,7 @@ type kafkaDialer struct {
 	cancel context.CancelFunc
 
 	aborted atomic.Bool
+	refused atomic.Int64 // dials refused after abort
 
 	mu       sync.Mutex
 	rejected *brokerRejection // the first one
@@ -176,6 +177,7 @@ func (d *kafkaDialer) rejection() *brokerRejection {
 // Dial implements sarama's proxy.Dialer.
 func (d *kafkaDialer) Dial(network, addr string) (net.Conn, error) {
 	if d.aborted.Load() {
+		d.refused.Add(1)
 		return nil, fmt.Errorf("connecting to %s: %w", addr, ErrAborted)
 	}
 	if err := d.quarantined(addr); err != nil {

@@ -137,6 +137,13 @@ func (t *txnState) firstError() error {
 	return errors.New("the transaction manager is in an error state")
 }
 
+// firstFailure is the first record error of the transaction, or nil.
+func (t *txnState) firstFailure() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed
+}
+
 // take ends the transaction's bookkeeping and returns its held records.
 func (t *txnState) take() []*record {
 	t.mu.Lock()
@@ -389,6 +396,11 @@ func (k *Kafka) abortTxn(cause error) {
 		_ = k.waitReturned()
 		k.failHeld(k.txn.take(), cause)
 	}()
+	if failed := k.txn.firstFailure(); isFenced(failed) {
+		// The broker refused a record for a newer producer: the abort
+		// below may wait for sarama's retries and never hear it again.
+		k.sayFenced(failed)
+	}
 	if k.producer.TxnStatus()&sarama.ProducerTxnFlagFatalError == 0 {
 		done := make(chan error, 1)
 		go func() { done <- k.producer.AbortTxn() }()
@@ -396,14 +408,21 @@ func (k *Kafka) abortTxn(cause error) {
 		case err := <-done:
 			switch {
 			case isFenced(err):
-				k.log.Warn("fenced: another producer with this transactional id took over; nothing of this producer's open transaction becomes visible",
-					"transactional_id", k.txnConf.ID, "err", err)
+				k.sayFenced(err)
 			case err != nil:
 				k.log.Info("aborting the Kafka transaction", "err", err)
 			}
 		case <-time.After(abortWait):
 			k.Abort()
 		}
+	}
+}
+
+// sayFenced logs, once, that a newer producer took over.
+func (k *Kafka) sayFenced(err error) {
+	if k.fencedSaid.CompareAndSwap(false, true) {
+		k.log.Warn("fenced: another producer with this transactional id took over; nothing of this producer's open transaction becomes visible",
+			"transactional_id", k.txnConf.ID, "err", err)
 	}
 }
 
