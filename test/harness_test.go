@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -329,6 +330,17 @@ func (s *scenario) writeBulk(ctx context.Context, conn *pgx.Conn, rows int) erro
 // transactions of random size 1..maxTx. pace, if set, is called between
 // transactions (to spread writes over a fault).
 func (s *scenario) writeConcurrently(ctx context.Context, writers, total, maxTx int, pace func()) error {
+	return s.write(ctx, writers, total, maxTx, nil, pace)
+}
+
+// writeUntil is writeConcurrently without a total: the writers go on until
+// stop is closed, each finishing the transaction it is in. For load that
+// must span moments the test waits for, however long they take.
+func (s *scenario) writeUntil(ctx context.Context, writers, maxTx int, stop <-chan struct{}, pace func()) error {
+	return s.write(ctx, writers, math.MaxInt, maxTx, stop, pace)
+}
+
+func (s *scenario) write(ctx context.Context, writers, total, maxTx int, stop <-chan struct{}, pace func()) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, writers)
 	per := total / writers
@@ -348,6 +360,11 @@ func (s *scenario) writeConcurrently(ctx context.Context, writers, total, maxTx 
 			defer conn.Close(context.Background())
 			rng := rand.New(rand.NewPCG(seed, seed+1))
 			for n > 0 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
 				size := min(1+rng.IntN(maxTx), n)
 				if err := s.writeTx(ctx, conn, rng, size); err != nil {
 					errs <- fmt.Errorf("writer %d: %w", seed, err)
