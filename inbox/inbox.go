@@ -16,9 +16,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
-// DefaultTable is the inbox table of Process, Migrate and Prune.
+// DefaultTable is the inbox table of Process, Migrate and Prune: public.inbox.
 const DefaultTable = "inbox"
 
 // Beginner starts transactions: *pgxpool.Pool, *pgx.Conn and pgx.Tx
@@ -35,6 +37,8 @@ type Execer interface {
 // Inbox is an inbox table. The zero value uses DefaultTable.
 type Inbox struct {
 	// Table is "schema.name" or "name", raw names (quoted by the package).
+	// A name without a schema is in public, not resolved through
+	// search_path (see package pgname).
 	Table string
 }
 
@@ -46,11 +50,12 @@ func Process(ctx context.Context, db Beginner, eventID string, fn func(tx pgx.Tx
 
 // Migrate creates the inbox table and its index if they do not exist.
 func Migrate(ctx context.Context, db Execer, table string) error {
-	q, err := quoteTable(table)
+	t, err := parseTable(table)
 	if err != nil {
 		return err
 	}
-	idx := quoteIdent(strings.ReplaceAll(tableName(table), `"`, "") + "_processed_at_idx")
+	q := t.Quoted()
+	idx := pgname.Quote(strings.ReplaceAll(t.Name, `"`, "") + "_processed_at_idx")
 	sql := fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s (
     event_id     text        PRIMARY KEY,
     processed_at timestamptz NOT NULL DEFAULT now()
@@ -77,10 +82,11 @@ func (in Inbox) Process(ctx context.Context, db Beginner, eventID string, fn fun
 	if eventID == "" {
 		return false, errors.New("inbox: event id is empty")
 	}
-	table, err := quoteTable(in.table())
+	t, err := parseTable(in.table())
 	if err != nil {
 		return false, err
 	}
+	table := t.Quoted()
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return false, fmt.Errorf("inbox: beginning a transaction for event %s: %w", eventID, err)
@@ -110,10 +116,11 @@ func (in Inbox) Process(ctx context.Context, db Beginner, eventID string, fn fun
 // Keep them longer than any redelivery can take: a pruned id processes
 // again if its event comes back.
 func (in Inbox) Prune(ctx context.Context, db Execer, olderThan time.Duration) (int64, error) {
-	table, err := quoteTable(in.table())
+	t, err := parseTable(in.table())
 	if err != nil {
 		return 0, err
 	}
+	table := t.Quoted()
 	tag, err := db.Exec(ctx, "DELETE FROM "+table+" WHERE processed_at < now() - $1::bigint * interval '1 microsecond'", olderThan.Microseconds())
 	if err != nil {
 		return 0, fmt.Errorf("inbox: pruning %s older than %s: %w", in.table(), olderThan, err)
@@ -128,29 +135,11 @@ func (in Inbox) table() string {
 	return in.Table
 }
 
-// tableName is the unqualified name of "schema.name" or "name".
-func tableName(t string) string {
-	if _, name, ok := strings.Cut(t, "."); ok {
-		return name
+// parseTable parses "schema.name" or "name" (schema public).
+func parseTable(t string) (pgname.Table, error) {
+	tbl, err := pgname.ParseTable(t)
+	if err != nil {
+		return pgname.Table{}, fmt.Errorf("inbox: %w", err)
 	}
-	return t
-}
-
-// quoteTable quotes "schema.name" or "name" as an SQL identifier.
-func quoteTable(t string) (string, error) {
-	if t == "" {
-		return "", errors.New("inbox table: name is empty")
-	}
-	schema, name, ok := strings.Cut(t, ".")
-	if !ok {
-		return quoteIdent(t), nil
-	}
-	if schema == "" || name == "" || strings.Contains(name, ".") {
-		return "", fmt.Errorf("inbox table %q: want schema.name or name", t)
-	}
-	return quoteIdent(schema) + "." + quoteIdent(name), nil
-}
-
-func quoteIdent(s string) string {
-	return `"` + strings.ReplaceAll(strings.ReplaceAll(s, "\x00", ""), `"`, `""`) + `"`
+	return tbl, nil
 }
