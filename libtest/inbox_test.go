@@ -1,4 +1,4 @@
-package inbox_test
+package libtest_test
 
 import (
 	"context"
@@ -11,8 +11,6 @@ import (
 	"github.com/outbox-relay/outbox-relay/inbox"
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
-
-func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func count(t *testing.T, conn *pgx.Conn, sql string) int {
 	t.Helper()
