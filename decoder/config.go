@@ -29,8 +29,8 @@ const DebeziumTopic = "outbox.event.{aggregate_type}"
 // Config says which table holds the outbox and how its rows become events.
 type Config struct {
 	// Table is "schema.name" or "name" (schema public, as package pgname
-	// reads it). Names are raw, as
-	// in the catalog, compared exactly: no SQL quoting or case folding.
+	// reads it). Names are raw, as in the catalog, compared exactly: no SQL
+	// quoting or case folding.
 	Table string
 	// Columns maps logical columns to the table's; the zero value means
 	// DefaultColumns.
