@@ -107,12 +107,14 @@ compat-debezium: kafka-jars debezium-jars
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(BENCH_PKGS)
 
-# Each fuzz target for FUZZTIME (go test -fuzz takes one target at a time).
+# Each fuzz target for FUZZTIME (go test -fuzz takes one target at a time),
+# run from its own directory so targets in outbox/ and inbox/, modules of
+# their own, are found too.
 fuzz:
 	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
 		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
 			echo "== $$name ($$(dirname $$f))"; \
-			$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f); \
+			(cd $$(dirname $$f) && $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) .); \
 		done; \
 	done
 

@@ -67,3 +67,23 @@ func ExampleParseTable() {
 	fmt.Println(t, t.Quoted())
 	// Output: public.outbox "public"."outbox"
 }
+
+// Whatever the input, a parsed name is the input back (with public added
+// when it had no schema), so no two inputs name the same table.
+func FuzzParseTable(f *testing.F) {
+	for _, s := range []string{"outbox", "events.outbox", "", ".", "a.b.c", `Odd Schema.Out"box`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tbl, err := pgname.ParseTable(s)
+		if err != nil {
+			return
+		}
+		if tbl.String() != s && tbl.String() != "public."+s {
+			t.Fatalf("ParseTable(%q) = %+v", s, tbl)
+		}
+		if tbl.Schema == "" || tbl.Name == "" || strings.Contains(tbl.Name, ".") || len(tbl.Schema) > pgname.MaxLen || len(tbl.Name) > pgname.MaxLen || strings.ContainsRune(s, 0) {
+			t.Fatalf("ParseTable(%q) accepted %+v", s, tbl)
+		}
+	})
+}
