@@ -2,6 +2,10 @@
 GO       ?= go
 FUZZTIME ?= 20s
 BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
+# The application libraries' own modules (pgx only): `./...` at the root
+# does not enter them, so test and lint run in each too. Their tests that
+# need PostgreSQL are in the root module's libtest/.
+LIB_MODULES = outbox inbox
 
 .PHONY: all setup test test-kafka test-pg-matrix pg-versions kafka-jars debezium-jars lint build demo bench bench-go compat-debezium fuzz clean
 
@@ -18,6 +22,10 @@ setup:
 # would leave the CPU idle and add minutes.
 test: setup
 	$(GO) test -race -count=1 -parallel 3 -timeout 25m ./...
+	@set -e; for m in $(LIB_MODULES); do \
+		echo "== module $$m"; \
+		(cd $$m && $(GO) test -race -count=1 -timeout 5m ./...); \
+	done
 	OUTBOX_RELAY_TEST_PG_VERSION=$(PG_NEWEST) $(GO) test -race -count=1 -parallel 3 -timeout 10m -run '$(PG_NEWEST_TESTS)' ./test/
 
 # The PostgreSQL versions the relay is tested on: 15 is Debian's, the others
@@ -56,11 +64,17 @@ kafka-jars:
 debezium-jars:
 	@bash bench/debezium/fetch.sh
 
+# gofmt walks every module's files; vet and tidy run in each module.
 lint:
 	@out=$$(gofmt -l .); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1; }
+	@set -e; for m in $(LIB_MODULES); do \
+		echo "(cd $$m && $(GO) vet ./...)"; \
+		(cd $$m && $(GO) vet ./...); \
+		(cd $$m && $(GO) mod tidy -diff) || { echo "$$m/go.mod or $$m/go.sum is not tidy: run go mod tidy in $$m"; exit 1; }; \
+	done
 
 # The commit for `outbox-relay version`, where Go cannot read it itself.
 build:
@@ -93,12 +107,14 @@ compat-debezium: kafka-jars debezium-jars
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem $(BENCH_PKGS)
 
-# Each fuzz target for FUZZTIME (go test -fuzz takes one target at a time).
+# Each fuzz target for FUZZTIME (go test -fuzz takes one target at a time),
+# run from its own directory so targets in outbox/ and inbox/, modules of
+# their own, are found too.
 fuzz:
 	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
 		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
 			echo "== $$name ($$(dirname $$f))"; \
-			$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f); \
+			(cd $$(dirname $$f) && $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) .); \
 		done; \
 	done
 

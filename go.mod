@@ -7,6 +7,8 @@ require (
 	github.com/jackc/pglogrepl v0.0.0-20250509230407-a9884f6bd75a
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/nats-io/nats.go v1.55.0
+	github.com/outbox-relay/outbox-relay/inbox v0.0.0-00010101000000-000000000000
+	github.com/outbox-relay/outbox-relay/outbox v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3
 	github.com/rabbitmq/amqp091-go v1.16.0
@@ -52,4 +54,12 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+// The application libraries are modules of their own (pgx only, so a
+// service that writes events does not build the relay's dependencies);
+// the relay uses them from this repository.
+replace (
+	github.com/outbox-relay/outbox-relay/inbox => ./inbox
+	github.com/outbox-relay/outbox-relay/outbox => ./outbox
 )

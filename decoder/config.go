@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
 // DefaultTopic is the topic template used when Config.Topic is empty.
@@ -26,8 +28,9 @@ const DebeziumTopic = "outbox.event.{aggregate_type}"
 
 // Config says which table holds the outbox and how its rows become events.
 type Config struct {
-	// Table is "schema.name" or "name" (schema public). Names are raw, as
-	// in the catalog, compared exactly: no SQL quoting or case folding.
+	// Table is "schema.name" or "name" (schema public, as package pgname
+	// reads it). Names are raw, as in the catalog, compared exactly: no SQL
+	// quoting or case folding.
 	Table string
 	// Columns maps logical columns to the table's; the zero value means
 	// DefaultColumns.
@@ -89,7 +92,7 @@ func (c Config) withDefaults() Config {
 // fields taken as their defaults.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	if _, _, err := splitTable(c.Table); err != nil {
+	if _, err := parseTable(c.Table); err != nil {
 		return err
 	}
 	if err := c.Columns.validate(); err != nil {
@@ -131,19 +134,13 @@ func ownHeader(k []byte) bool {
 	return false
 }
 
-// splitTable splits "schema.name" or "name" (schema public).
-func splitTable(t string) (schema, name string, err error) {
+// parseTable parses "schema.name" or "name" with pgname's rule (schema
+// public): Relation messages carry the schema, so it must be concrete.
+func parseTable(t string) (pgname.Table, error) {
 	if t == "" {
-		return "", "", errors.New("outbox table: name is empty")
+		return pgname.Table{}, errors.New("outbox table: name is empty")
 	}
-	schema, name, ok := strings.Cut(t, ".")
-	if !ok {
-		schema, name = "public", t
-	}
-	if schema == "" || name == "" || strings.Contains(name, ".") {
-		return "", "", fmt.Errorf("outbox table %q: want schema.name or name", t)
-	}
-	return schema, name, nil
+	return pgname.ParseTable(t)
 }
 
 // Placeholders a topic template may use besides raw column names.

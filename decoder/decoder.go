@@ -101,11 +101,11 @@ func New(cfg Config) (*Decoder, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	schema, table, _ := splitTable(cfg.Table)
+	table, _ := parseTable(cfg.Table)
 	topic, _ := compileTopic(cfg.Topic)
 	return &Decoder{
-		schema:        schema,
-		table:         table,
+		schema:        table.Schema,
+		table:         table.Name,
 		cols:          cfg.Columns,
 		topic:         topic,
 		heartbeat:     cfg.HeartbeatPrefix,

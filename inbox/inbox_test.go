@@ -1,94 +1,75 @@
 package inbox_test
 
+// Pure unit tests, without a database. The tests against a real
+// PostgreSQL are in libtest/ of the relay's module (libtest/libtest.go says
+// why).
+
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/outbox-relay/outbox-relay/inbox"
-	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
-
-func count(t *testing.T, conn *pgx.Conn, sql string) int {
-	t.Helper()
-	var n int
-	if err := conn.QueryRow(t.Context(), sql).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
+// recorder is a Tx that keeps the statements and reports n rows changed.
+type recorder struct {
+	n    int64
+	err  error
+	sql  []string
+	args [][]any
 }
 
-// A redelivered event is skipped; a failed one is processed again.
-func TestProcessSkipsRepeatsAndRetriesFailures(t *testing.T) {
-	ctx := t.Context()
-	db := pgtest.New(t)
-	conn := db.Conn(t)
-	if err := inbox.Migrate(ctx, conn, inbox.DefaultTable); err != nil {
-		t.Fatal(err)
-	}
-	if err := inbox.Migrate(ctx, conn, inbox.DefaultTable); err != nil {
-		t.Fatalf("second migrate: %v", err)
-	}
-	db.Exec(t, `create table effects (n int)`)
-	apply := func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `insert into effects values (1)`)
-		return err
-	}
-	for i, want := range []bool{true, false, false} {
-		got, err := inbox.Process(ctx, conn, "ev-1", apply)
-		if err != nil || got != want {
-			t.Fatalf("delivery %d: processed %v, %v; want %v", i, got, err, want)
-		}
-	}
-	if n := count(t, conn, `select count(*) from effects`); n != 1 {
-		t.Fatalf("side effect applied %d times, want once", n)
-	}
+func (r *recorder) Exec(_ context.Context, sql string, args ...any) (int64, error) {
+	r.sql = append(r.sql, sql)
+	r.args = append(r.args, args)
+	return r.n, r.err
+}
 
+func TestRecordInsertsTheIDOnce(t *testing.T) {
+	ctx := context.Background()
+	r := &recorder{n: 1}
+	first, err := inbox.Record(ctx, r, "ev-1")
+	if err != nil || !first {
+		t.Fatalf("Record: %v, %v; want first", first, err)
+	}
+	if want := `INSERT INTO "public"."inbox" (event_id) VALUES ($1) ON CONFLICT (event_id) DO NOTHING`; r.sql[0] != want || r.args[0][0] != "ev-1" {
+		t.Errorf("sent %q %v, want %q [ev-1]", r.sql[0], r.args[0], want)
+	}
+	r.n = 0
+	if first, err := inbox.Record(ctx, r, "ev-1"); err != nil || first {
+		t.Errorf("a repeat: %v, %v; want not first", first, err)
+	}
 	boom := errors.New("boom")
-	if _, err := inbox.Process(ctx, conn, "ev-2", func(tx pgx.Tx) error { apply(tx); return boom }); !errors.Is(err, boom) {
-		t.Fatalf("failing fn: %v", err)
+	r.err = boom
+	if _, err := (inbox.Inbox{Table: "billing.Processed"}).Record(ctx, r, "ev-2"); !errors.Is(err, boom) || !strings.Contains(err.Error(), "billing.Processed") {
+		t.Errorf("failed insert: %v", err)
 	}
-	if got, err := inbox.Process(ctx, conn, "ev-2", apply); err != nil || !got {
-		t.Fatalf("redelivery after a failure: processed %v, %v; want true", got, err)
-	}
-	if n := count(t, conn, `select count(*) from effects`); n != 2 {
-		t.Fatalf("effects %d, want 2 (the failed attempt rolled back)", n)
-	}
-
-	if _, err := conn.Exec(ctx, `update inbox set processed_at = now() - interval '2 hours' where event_id = 'ev-1'`); err != nil {
-		t.Fatal(err)
-	}
-	n, err := inbox.Prune(ctx, conn, time.Hour)
-	if err != nil || n != 1 {
-		t.Fatalf("prune: %d, %v; want 1", n, err)
-	}
-	if n := count(t, conn, `select count(*) from inbox`); n != 1 {
-		t.Fatalf("inbox holds %d ids after pruning, want 1", n)
-	}
-	if _, err := inbox.Process(context.Background(), conn, "", apply); err == nil {
-		t.Fatal("empty event id accepted")
+	if want := `INSERT INTO "billing"."Processed"`; !strings.HasPrefix(r.sql[2], want) {
+		t.Errorf("sent %q, want it to start with %q", r.sql[2], want)
 	}
 }
 
-// A custom table in another schema works the same way.
-func TestCustomTable(t *testing.T) {
-	ctx := t.Context()
-	db := pgtest.New(t)
-	conn := db.Conn(t)
-	db.Exec(t, `create schema billing`)
-	if err := inbox.Migrate(ctx, conn, "billing.Processed"); err != nil {
-		t.Fatal(err)
+func TestBadInputSendsNothing(t *testing.T) {
+	ctx := context.Background()
+	r := &recorder{n: 1}
+	if _, err := inbox.Record(ctx, r, ""); err == nil || !strings.Contains(err.Error(), "event id is empty") {
+		t.Errorf("empty id: %v", err)
 	}
-	in := inbox.Inbox{Table: "billing.Processed"}
-	for i, want := range []bool{true, false} {
-		got, err := in.Process(ctx, conn, "e", func(pgx.Tx) error { return nil })
-		if err != nil || got != want {
-			t.Fatalf("delivery %d: %v, %v", i, got, err)
-		}
+	if _, err := (inbox.Inbox{Table: "a.b.c"}).Record(ctx, r, "e"); err == nil || !strings.Contains(err.Error(), "want schema.name or name") {
+		t.Errorf("bad table: %v", err)
+	}
+	if _, err := inbox.Process(ctx, nil, "", nil); err == nil {
+		t.Error("Process accepted an empty event id")
+	}
+	if _, err := inbox.ProcessSQL(ctx, nil, "", nil); err == nil {
+		t.Error("ProcessSQL accepted an empty event id")
+	}
+	if err := inbox.Migrate(ctx, nil, ""); err == nil || !strings.Contains(err.Error(), "table name is empty") {
+		t.Errorf("Migrate with no table: %v", err)
+	}
+	if len(r.sql) != 0 {
+		t.Errorf("sent %q", r.sql)
 	}
 }

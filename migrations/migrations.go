@@ -19,7 +19,6 @@ package migrations
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
@@ -27,6 +26,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
 //go:embed *.sql
@@ -37,24 +38,22 @@ var files embed.FS
 // one then fails on the catalog's unique index.
 const lockKey = 0x6f7574626f78 // "outbox"
 
-// maxIdentifier is PostgreSQL's NAMEDATALEN - 1: longer names are truncated.
-const maxIdentifier = 63
-
-// Apply creates the outbox table named table ("name" or "schema.name"; the
-// schema defaults to public) with its created_at index, and the schema when
-// it is missing. Names are taken literally (case included) and quoted.
+// Apply creates the outbox table named table ("name" or "schema.name", as
+// pgname.ParseTable reads it: the schema defaults to public) with its
+// created_at index, and the schema when it is missing. Names are taken literally (case included) and quoted.
 // When the table exists Apply changes nothing, even if its columns differ
 // from the default; running it again is fine.
 func Apply(ctx context.Context, conn *pgx.Conn, table string) error {
-	schema, name, err := ParseTable(table)
+	t, err := pgname.ParseTable(table)
 	if err != nil {
 		return err
 	}
-	stmts, err := render(schema, name)
+	schema, name := t.Schema, t.Name
+	stmts, err := render(t)
 	if err != nil {
 		return err
 	}
-	qualified := schema + "." + name
+	qualified := t.String()
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
 			return fmt.Errorf("locking for the migration of table %s: %w", qualified, err)
@@ -74,7 +73,7 @@ func Apply(ctx context.Context, conn *pgx.Conn, table string) error {
 			return nil
 		}
 		if !schemaExists {
-			if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+			if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgname.Quote(schema)); err != nil {
 				return fmt.Errorf("creating schema %s: %w", schema, err)
 			}
 		}
@@ -90,16 +89,16 @@ func Apply(ctx context.Context, conn *pgx.Conn, table string) error {
 // Exists reports whether the table named table ("name" or "schema.name")
 // exists, so a caller can say whether Apply created it.
 func Exists(ctx context.Context, conn *pgx.Conn, table string) (bool, error) {
-	schema, name, err := ParseTable(table)
+	t, err := pgname.ParseTable(table)
 	if err != nil {
 		return false, err
 	}
 	var exists bool
 	err = conn.QueryRow(ctx, `select exists (
 		select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace
-		where n.nspname = $1 and c.relname = $2)`, schema, name).Scan(&exists)
+		where n.nspname = $1 and c.relname = $2)`, t.Schema, t.Name).Scan(&exists)
 	if err != nil {
-		return false, fmt.Errorf("looking up table %s.%s: %w", schema, name, err)
+		return false, fmt.Errorf("looking up table %s: %w", t, err)
 	}
 	return exists, nil
 }
@@ -110,15 +109,15 @@ type statement struct {
 
 // render returns the embedded files, in name order, with the placeholders
 // replaced.
-func render(schema, name string) ([]statement, error) {
+func render(t pgname.Table) ([]statement, error) {
 	names, err := fs.Glob(files, "*.sql")
 	if err != nil {
 		return nil, err
 	}
 	sort.Strings(names)
 	r := strings.NewReplacer(
-		"{{table}}", pgx.Identifier{schema, name}.Sanitize(),
-		"{{created_at_index}}", pgx.Identifier{truncate(name+"_created_at_idx", maxIdentifier)}.Sanitize(),
+		"{{table}}", t.Quoted(),
+		"{{created_at_index}}", pgname.Quote(truncate(t.Name+"_created_at_idx", pgname.MaxLen)),
 	)
 	out := make([]statement, 0, len(names))
 	for _, n := range names {
@@ -129,25 +128,6 @@ func render(schema, name string) ([]statement, error) {
 		out = append(out, statement{file: n, sql: r.Replace(string(b))})
 	}
 	return out, nil
-}
-
-// ParseTable splits a table name, "schema.name" or "name" (schema public).
-// Names are taken literally: no quoting, case kept.
-func ParseTable(table string) (schema, name string, err error) {
-	schema, name = "public", table
-	if i := strings.IndexByte(table, '.'); i >= 0 {
-		schema, name = table[:i], table[i+1:]
-	}
-	if schema == "" || name == "" || strings.Contains(name, ".") {
-		return "", "", fmt.Errorf("table name %q: want name or schema.name", table)
-	}
-	if len(schema) > maxIdentifier || len(name) > maxIdentifier {
-		return "", "", fmt.Errorf("table name %q: names are limited to %d bytes", table, maxIdentifier)
-	}
-	if strings.ContainsRune(table, 0) {
-		return "", "", errors.New("table name contains a NUL byte")
-	}
-	return schema, name, nil
 }
 
 // truncate cuts s to at most n bytes without splitting a character, as

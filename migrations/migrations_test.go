@@ -12,6 +12,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/migrations"
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -152,8 +153,8 @@ func TestApplyCreatesTheSchemaAndQuotesNames(t *testing.T) {
 		if err := migrations.Apply(t.Context(), conn, table); err != nil {
 			t.Fatalf("Apply(%q): %v", table, err)
 		}
-		schema, name, _ := migrations.ParseTable(table)
-		if got := columns(t, conn, schema, name); len(got) != 7 {
+		tbl, _ := pgname.ParseTable(table)
+		if got := columns(t, conn, tbl.Schema, tbl.Name); len(got) != 7 {
 			t.Errorf("table %q has columns %+v", table, got)
 		}
 		if ok, err := migrations.Exists(t.Context(), conn, table); !ok || err != nil {
@@ -185,27 +186,6 @@ func TestConcurrentApplyIsSafe(t *testing.T) {
 	for err := range errs {
 		if err != nil {
 			t.Errorf("concurrent Apply: %v", err)
-		}
-	}
-}
-
-func TestParseTable(t *testing.T) {
-	for _, tc := range []struct {
-		in, schema, name string
-		ok               bool
-	}{
-		{"outbox", "public", "outbox", true},
-		{"events.outbox", "events", "outbox", true},
-		{"Events.Outbox", "Events", "Outbox", true},
-		{"", "", "", false},
-		{".outbox", "", "", false},
-		{"events.", "", "", false},
-		{"a.b.c", "", "", false},
-		{strings.Repeat("x", 64), "", "", false},
-	} {
-		schema, name, err := migrations.ParseTable(tc.in)
-		if (err == nil) != tc.ok || schema != tc.schema || name != tc.name {
-			t.Errorf("ParseTable(%q) = %q, %q, %v", tc.in, schema, name, err)
 		}
 	}
 }

@@ -1,5 +1,8 @@
 package outbox_test
 
+// These examples are compiled, not run: they need a database. The
+// relay's module runs examples/outbox-writer against PostgreSQL.
+
 import (
 	"context"
 	"database/sql"

@@ -29,6 +29,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
 // Event is one event to publish.
@@ -127,7 +129,8 @@ func DebeziumColumns() Columns {
 // Config says where Writer writes.
 type Config struct {
 	// Table is "schema.name" or "name", raw names as in the catalog (the
-	// writer quotes them); default "outbox".
+	// writer quotes them); default "outbox". A name without a schema is in
+	// public, not resolved through search_path (see package pgname).
 	Table string
 	// Columns default to DefaultColumns.
 	Columns Columns
@@ -159,9 +162,9 @@ func NewWriter(cfg Config) (*Writer, error) {
 			return nil, fmt.Errorf("outbox columns: %s needs a column name", f.name)
 		}
 	}
-	table, err := quoteTable(cfg.Table)
+	table, err := pgname.ParseTable(cfg.Table)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("outbox: %w", err)
 	}
 	// The arrays travel as text[] (bytea[] for bytes) and the select list
 	// casts: json, not jsonb, keeps a json column's text as written, and
@@ -189,14 +192,14 @@ func NewWriter(cfg Config) (*Writer, error) {
 	quoted := make([]string, len(cols))
 	params := make([]string, len(cols))
 	for i, col := range cols {
-		quoted[i] = quoteIdent(col)
+		quoted[i] = pgname.Quote(col)
 		params[i] = fmt.Sprintf("$%d::%s", i+1, arrays[i])
 	}
 	// unnest over parallel arrays: one statement and a fixed number of
 	// parameters whatever the batch size; WITH ORDINALITY keeps the rows
 	// (and so the events of one aggregate) in the caller's order.
 	insert := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM unnest(%s) WITH ORDINALITY AS u(%s, n) ORDER BY n",
-		table, strings.Join(quoted, ", "), strings.Join(exprs, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "))
+		table.Quoted(), strings.Join(quoted, ", "), strings.Join(exprs, ", "), strings.Join(params, ", "), strings.Join(aliases, ", "))
 	return &Writer{insert: insert, kind: cfg.Payload, headers: c.Headers != ""}, nil
 }
 
@@ -454,21 +457,4 @@ func headersJSON(h map[string]string) (string, error) {
 		return "", fmt.Errorf("headers cannot be encoded as JSON: %v", err)
 	}
 	return string(b), nil
-}
-
-// quoteTable quotes "schema.name" or "name" as an SQL identifier.
-func quoteTable(t string) (string, error) {
-	schema, name, ok := strings.Cut(t, ".")
-	if !ok {
-		return quoteIdent(t), nil
-	}
-	if schema == "" || name == "" || strings.Contains(name, ".") {
-		return "", fmt.Errorf("outbox table %q: want schema.name or name", t)
-	}
-	return quoteIdent(schema) + "." + quoteIdent(name), nil
-}
-
-// quoteIdent quotes an identifier for SQL.
-func quoteIdent(s string) string {
-	return `"` + strings.ReplaceAll(strings.ReplaceAll(s, "\x00", ""), `"`, `""`) + `"`
 }

@@ -20,6 +20,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
 // Config says where to stream from.
@@ -312,7 +314,7 @@ func (s *Stream) Start(ctx context.Context, start pglogrepl.LSN) error {
 		"publication_names '" + strings.ReplaceAll(s.cfg.Publication, "'", "''") + "'",
 		"messages 'true'",
 	}
-	err := pglogrepl.StartReplication(ctx, s.conn, quoteIdent(s.cfg.Slot), start,
+	err := pglogrepl.StartReplication(ctx, s.conn, pgname.Quote(s.cfg.Slot), start,
 		pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		return fmt.Errorf("starting replication on slot %s at %s: %w", s.cfg.Slot, start, err)
@@ -708,9 +710,4 @@ func (s *Stream) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return s.conn.Close(ctx)
-}
-
-// quoteIdent quotes a slot name for the replication grammar.
-func quoteIdent(s string) string {
-	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }

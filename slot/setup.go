@@ -7,6 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
 // plugin is the output plugin the relay decodes.
@@ -227,7 +229,7 @@ select c.relkind::text from pg_class c join pg_namespace n on n.oid = c.relnames
 where n.nspname = $1 and c.relname = $2`, schema, name).Scan(&kind)
 	if errors.Is(err, pgx.ErrNoRows) {
 		migrate := "outbox-relay migrate"
-		if schema != "public" || name != "outbox" {
+		if schema != pgname.DefaultSchema || name != "outbox" {
 			migrate += " --table " + schema + "." + name
 		}
 		return "", &Problem{
@@ -278,7 +280,7 @@ func checkExistingPublication(ctx context.Context, conn *pgx.Conn, cfg Config, k
 func checkPublication(ctx context.Context, conn *pgx.Conn, cfg Config, kind string, p publication) error {
 	schema, name, _ := cfg.table()
 	pub := pgx.Identifier{cfg.Publication}.Sanitize()
-	tbl := pgx.Identifier{schema, name}.Sanitize()
+	tbl := pgname.Table{Schema: schema, Name: name}.Quoted()
 	if !p.insert {
 		return &Problem{
 			What: fmt.Sprintf("publication %s does not publish inserts", cfg.Publication),
@@ -318,7 +320,7 @@ func ensurePublication(ctx context.Context, conn *pgx.Conn, cfg Config, kind str
 	}
 	schema, name, _ := cfg.table()
 	stmt := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert'",
-		pgx.Identifier{cfg.Publication}.Sanitize(), pgx.Identifier{schema, name}.Sanitize())
+		pgname.Quote(cfg.Publication), pgname.Table{Schema: schema, Name: name}.Quoted())
 	if kind == "p" {
 		stmt += ", publish_via_partition_root = true"
 	}

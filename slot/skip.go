@@ -6,6 +6,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
 // SkipTable is the table, in the outbox table's schema, where `outbox-relay
@@ -23,7 +25,7 @@ type Skip struct {
 
 func (c Config) skipTable() string {
 	schema, _ := c.SchemaAndName()
-	return pgx.Identifier{schema, SkipTable}.Sanitize()
+	return pgname.Table{Schema: schema, Name: SkipTable}.Quoted()
 }
 
 // AddSkip records that the relay on cfg's slot must not publish the event

@@ -10,7 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"strings"
+
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
 // Config names the replication slot, the publication and the outbox table.
@@ -20,16 +21,13 @@ type Config struct {
 	// Publication is the publication the slot streams.
 	Publication string
 	// Table is the outbox table, "name" or "schema.name" (schema public by
-	// default). Names are taken literally, case included.
+	// default, see package pgname). Names are taken literally, case included.
 	Table string
 	// Failover creates the slot as a failover slot (PostgreSQL 17 and
 	// later): standbys with sync_replication_slots keep a copy of it, so it
 	// survives the promotion of one of them.
 	Failover bool
 }
-
-// maxIdentifier is PostgreSQL's NAMEDATALEN - 1.
-const maxIdentifier = 63
 
 // slotName is what PostgreSQL accepts as a replication slot name.
 var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
@@ -53,8 +51,8 @@ func (c Config) validateNames() error {
 	if c.Publication == "" {
 		return errors.New("publication name is empty")
 	}
-	if len(c.Publication) > maxIdentifier {
-		return fmt.Errorf("publication name %q: longer than %d bytes", c.Publication, maxIdentifier)
+	if len(c.Publication) > pgname.MaxLen {
+		return fmt.Errorf("publication name %q: longer than %d bytes", c.Publication, pgname.MaxLen)
 	}
 	return nil
 }
@@ -68,20 +66,8 @@ func (c Config) SchemaAndName() (schema, name string) {
 
 // table splits Table into schema and name.
 func (c Config) table() (schema, name string, err error) {
-	if c.Table == "" {
-		return "", "", errors.New("table name is empty")
-	}
-	schema, name = "public", c.Table
-	if i := strings.IndexByte(c.Table, '.'); i >= 0 {
-		schema, name = c.Table[:i], c.Table[i+1:]
-	}
-	if schema == "" || name == "" || strings.Contains(name, ".") {
-		return "", "", fmt.Errorf("table name %q: want name or schema.name", c.Table)
-	}
-	if len(schema) > maxIdentifier || len(name) > maxIdentifier {
-		return "", "", fmt.Errorf("table name %q: names are limited to %d bytes", c.Table, maxIdentifier)
-	}
-	return schema, name, nil
+	t, err := pgname.ParseTable(c.Table)
+	return t.Schema, t.Name, err
 }
 
 // Problem is a set-up error: it names what is wrong and how to fix it.

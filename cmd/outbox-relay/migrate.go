@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/outbox-relay/outbox-relay/migrations"
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 	"github.com/outbox-relay/outbox-relay/relay"
 )
 
@@ -21,7 +22,7 @@ func migrateCommand() *cli.Command {
 		Flags: []cli.Flag{pgURLFlag(), tableFlag()},
 		Action: func(c *cli.Context) error {
 			table := c.String("table")
-			if _, _, err := migrations.ParseTable(table); err != nil {
+			if _, err := pgname.ParseTable(table); err != nil {
 				return usagef("--table: %w", err)
 			}
 			conn, err := connectPG(c.Context, c)

@@ -1,4 +1,4 @@
-package outbox_test
+package libtest_test
 
 import (
 	"database/sql"

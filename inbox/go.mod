@@ -1,0 +1,18 @@
+module github.com/outbox-relay/outbox-relay/inbox
+
+go 1.22
+
+require (
+	github.com/jackc/pgx/v5 v5.7.4
+	github.com/outbox-relay/outbox-relay/outbox v0.0.0-00010101000000-000000000000
+)
+
+require (
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	golang.org/x/crypto v0.31.0 // indirect
+	golang.org/x/text v0.21.0 // indirect
+)
+
+// The outbox module, for package pgname, from this repository.
+replace github.com/outbox-relay/outbox-relay/outbox => ../outbox
