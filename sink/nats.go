@@ -243,7 +243,7 @@ func (n *NATS) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) 
 	h[jetstream.MsgIDHeader] = []string{ev.ID}
 	it := &natsItem{
 		key:     ev.AggregateID,
-		subject: n.subj.render(ev, natsSubjectValue),
+		subject: n.subj.RenderEscaped(ev, natsSubjectValue),
 		header:  h,
 		data:    append([]byte(nil), ev.Payload...),
 		ack:     ack,

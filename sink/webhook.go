@@ -97,7 +97,7 @@ func (c WebhookConfig) parse() (Template, error) {
 	if err != nil {
 		return Template{}, fmt.Errorf("webhook URL: %w", err)
 	}
-	u, err := url.Parse(tmpl.render(&decoder.Event{ID: "x", AggregateType: "x", AggregateID: "x", EventType: "x", Topic: "x"}, nil))
+	u, err := url.Parse(tmpl.RenderEscaped(&decoder.Event{ID: "x", AggregateType: "x", AggregateID: "x", EventType: "x", Topic: "x"}, nil))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return Template{}, fmt.Errorf("webhook URL %s is not an http:// or https:// URL", SafeURL(c.URL))
 	}
@@ -199,7 +199,7 @@ func (w *Webhook) Publish(ctx context.Context, ev *decoder.Event, ack func(error
 	if err := w.gate.acquire(ctx); err != nil {
 		return prefixClosed("webhook", err)
 	}
-	it := &webhookItem{id: ev.ID, key: ev.AggregateID, url: w.url.render(ev, url.PathEscape), doc: doc, ack: ack}
+	it := &webhookItem{id: ev.ID, key: ev.AggregateID, url: w.url.RenderEscaped(ev, url.PathEscape), doc: doc, ack: ack}
 	send, err := w.gate.admit(it.key, it)
 	if err != nil {
 		return prefixClosed("webhook", err)
