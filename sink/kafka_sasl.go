@@ -1,22 +1,14 @@
 package sink
 
 import (
-	"crypto/hmac"
-	"crypto/pbkdf2"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/sha512"
-	"crypto/subtle"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"log/slog"
-	"strconv"
 	"strings"
 
 	"github.com/IBM/sarama"
+	"github.com/xdg-go/scram"
 )
 
 // SASL mechanisms KafkaSASL accepts.
@@ -93,9 +85,9 @@ func (s KafkaSASL) apply(sc *sarama.Config) {
 	sc.Net.SASL.Password = s.Password
 	switch m {
 	case SASLScramSHA256:
-		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha256.New} }
+		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA256} }
 	case SASLScramSHA512:
-		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: sha512.New} }
+		sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{hash: scram.SHA512} }
 	}
 }
 
@@ -136,27 +128,27 @@ func (s KafkaSASL) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct{ Mechanism, User, Password string }{s.Mechanism, s.User, pw})
 }
 
-// scramError is a SCRAM exchange the server ended or answered wrongly.
+// scramError is a SCRAM exchange the server ended or answered wrongly;
+// rejected (kafka.go) counts it as refused credentials.
 type scramError struct{ msg string }
 
 func (e *scramError) Error() string { return "SCRAM: " + e.msg }
 
-// scramClient is the client side of SCRAM (RFC 5802; SHA-256 per RFC 7677,
-// SHA-512 the same way), as Kafka speaks it: no channel binding, no
-// authorization id. Like Kafka's own ScramFormatter it uses the UTF-8 bytes
-// of user and password without SASLprep.
+// scramClient adapts github.com/xdg-go/scram to sarama.SCRAMClient, so the
+// exchange (RFC 5802; SHA-256 per RFC 7677, SHA-512 the same way) is the
+// library's. Like Kafka's own ScramFormatter it uses the UTF-8 bytes of
+// user and password without SASLprep (NewClientUnprepped), so a password
+// the broker accepted for Kafka's Java clients works here too.
 //
 // sarama calls Begin, then Step("") for the client-first message, then Step
 // with each server message until Done.
 type scramClient struct {
-	hash func() hash.Hash
+	hash scram.HashGeneratorFcn
+	// nonce, if set, replaces the library's random nonce (for the RFC's
+	// test vectors).
+	nonce scram.NonceGeneratorFcn
 
-	user, password string
-	nonce          string // the client's part of the nonce
-	clientFirst    string // client-first-message-bare
-	serverSig      []byte // expected in server-final
-	step           int
-	done           bool
+	conv *scram.ClientConversation
 }
 
 // Begin implements sarama.SCRAMClient.
@@ -164,101 +156,31 @@ func (c *scramClient) Begin(user, password, authzID string) error {
 	if authzID != "" && authzID != user {
 		return &scramError{"an authorization id other than the user is not supported"}
 	}
-	var b [24]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return err
+	// Kafka takes no authorization id in the GS2 header.
+	cl, err := c.hash.NewClientUnprepped(user, password, "")
+	if err != nil {
+		return &scramError{err.Error()}
 	}
-	c.user, c.password, c.nonce = user, password, base64.RawStdEncoding.EncodeToString(b[:])
-	c.step, c.done, c.serverSig = 0, false, nil
+	if c.nonce != nil {
+		cl = cl.WithNonceGenerator(c.nonce)
+	}
+	c.conv = cl.NewConversation()
 	return nil
 }
 
-// gs2Header: no channel binding, no authorization id.
-const gs2Header = "n,,"
-
-// scramName escapes a user name for a SCRAM message (RFC 5802 §5.1).
-var scramName = strings.NewReplacer("=", "=3D", ",", "=2C")
-
 // Step implements sarama.SCRAMClient.
 func (c *scramClient) Step(challenge string) (string, error) {
-	c.step++
-	switch c.step {
-	case 1:
-		c.clientFirst = "n=" + scramName.Replace(c.user) + ",r=" + c.nonce
-		return gs2Header + c.clientFirst, nil
-	case 2:
-		return c.clientFinal(challenge)
-	case 3:
-		attrs := scramAttrs(challenge)
-		if e, ok := attrs["e"]; ok {
-			return "", &scramError{"server rejected the authentication: " + e}
-		}
-		v, err := base64.StdEncoding.DecodeString(attrs["v"])
-		if err != nil || subtle.ConstantTimeCompare(v, c.serverSig) != 1 {
-			return "", &scramError{"server signature does not verify: the server does not know the password"}
-		}
-		c.done = true
-		return "", nil
-	default:
-		return "", &scramError{"exchange already finished"}
+	if c.conv == nil {
+		return "", &scramError{"exchange not begun"}
 	}
-}
-
-// clientFinal answers server-first-message with the proof.
-func (c *scramClient) clientFinal(serverFirst string) (string, error) {
-	attrs := scramAttrs(serverFirst)
-	if _, ok := attrs["m"]; ok {
-		return "", &scramError{"server requires an unsupported extension"}
-	}
-	if e, ok := attrs["e"]; ok {
-		return "", &scramError{"server rejected the authentication: " + e}
-	}
-	nonce := attrs["r"]
-	if !strings.HasPrefix(nonce, c.nonce) || len(nonce) == len(c.nonce) {
-		return "", &scramError{"server nonce does not extend the client nonce"}
-	}
-	salt, err := base64.StdEncoding.DecodeString(attrs["s"])
-	if err != nil || len(salt) == 0 {
-		return "", &scramError{"server sent no valid salt"}
-	}
-	iter, err := strconv.Atoi(attrs["i"])
-	if err != nil || iter < 1 {
-		return "", &scramError{"server sent no valid iteration count"}
-	}
-	salted, err := pbkdf2.Key(c.hash, c.password, salt, iter, c.hash().Size())
+	resp, err := c.conv.Step(challenge)
 	if err != nil {
-		return "", &scramError{"deriving the salted password: " + err.Error()}
+		return "", &scramError{err.Error()}
 	}
-	clientKey := c.hmac(salted, "Client Key")
-	h := c.hash()
-	h.Write(clientKey)
-	storedKey := h.Sum(nil)
-	withoutProof := "c=" + base64.StdEncoding.EncodeToString([]byte(gs2Header)) + ",r=" + nonce
-	authMessage := c.clientFirst + "," + serverFirst + "," + withoutProof
-	proof := c.hmac(storedKey, authMessage)
-	for i := range proof {
-		proof[i] ^= clientKey[i]
-	}
-	c.serverSig = c.hmac(c.hmac(salted, "Server Key"), authMessage)
-	return withoutProof + ",p=" + base64.StdEncoding.EncodeToString(proof), nil
+	return resp, nil
 }
 
-func (c *scramClient) hmac(key []byte, msg string) []byte {
-	m := hmac.New(c.hash, key)
-	m.Write([]byte(msg))
-	return m.Sum(nil)
-}
-
-// Done implements sarama.SCRAMClient.
-func (c *scramClient) Done() bool { return c.done }
-
-// scramAttrs splits "k=v,k=v" (values may contain '=').
-func scramAttrs(msg string) map[string]string {
-	attrs := map[string]string{}
-	for _, kv := range strings.Split(msg, ",") {
-		if k, v, ok := strings.Cut(kv, "="); ok && len(k) == 1 {
-			attrs[k] = v
-		}
-	}
-	return attrs
-}
+// Done implements sarama.SCRAMClient: only once the server's signature
+// verified, so a server that does not know the password is never taken
+// as authenticated.
+func (c *scramClient) Done() bool { return c.conv != nil && c.conv.Valid() }
