@@ -80,10 +80,9 @@ func (e *configError) ConfigProblem() bool { return true }
 
 // Defaults for the zero values of KafkaConfig.
 const (
-	DefaultClientID    = "outbox-relay"
-	DefaultVersion     = "2.1.0"
-	DefaultMaxInFlight = 10000
-	DefaultFlushBytes  = 1 << 20
+	DefaultClientID   = "outbox-relay"
+	DefaultVersion    = "2.1.0"
+	DefaultFlushBytes = 1 << 20
 	// DefaultMaxMessageBytes is sarama's default Producer.MaxMessageBytes;
 	// Kafka's default message.max.bytes (1048588) leaves room for the batch
 	// framing around a record of that size.
@@ -409,9 +408,10 @@ type Kafka struct {
 	version         sarama.KafkaVersion
 	compressed      bool
 
-	// slots is the in-flight semaphore: Publish fills a slot, the ack
-	// goroutine empties it after calling the ack.
-	slots chan struct{}
+	// slots is the in-flight cap: Publish fills a slot, the ack goroutine
+	// empties it after calling the ack (in a transaction, Commit or the
+	// abort, once the held records are acked; see kafka_txn.go).
+	slots *Slots
 	// pending holds the records handed to the producer and not acked.
 	pending pendingList
 	// blocked holds the first failure of each partition that had one.
@@ -426,8 +426,9 @@ type Kafka struct {
 	topicLimits sync.Map // topic -> int
 	room        partitionRoom
 
-	// closing is closed by stop to wake Publish calls blocked at the cap.
-	closing chan struct{}
+	// closing is slots.Closing(): closed by stop, which wakes the Publish
+	// calls blocked at the cap.
+	closing <-chan struct{}
 	// mu guards closed against the send to producer.Input: Publish holds
 	// it shared while sending, stop exclusively, so no record is sent
 	// after AsyncClose (which would panic) and none is lost.
@@ -512,14 +513,14 @@ func NewKafka(cfg KafkaConfig) (*Kafka, error) {
 		maxMessageBytes: cfg.MaxMessageBytes,
 		version:         sc.Version,
 		compressed:      sc.Producer.Compression != sarama.CompressionNone,
-		slots:           make(chan struct{}, cfg.MaxInFlight),
-		closing:         make(chan struct{}),
+		slots:           NewSlots(cfg.MaxInFlight),
 		ackDone:         make(chan struct{}),
 		abortReq:        make(chan struct{}),
 		abortedAcks:     make(chan struct{}),
 		clientDone:      make(chan struct{}),
 		stallWarning:    cfg.StallWarning,
 	}
+	k.closing = k.slots.Closing()
 	if cfg.Transaction.Enabled() {
 		k.txn, k.txnConf = newTxnState(), cfg.Transaction
 	}
@@ -685,36 +686,31 @@ func (k *Kafka) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 			Err: fmt.Errorf("%w: %d bytes (key, value, headers, record and batch framing) over the topic's limit of %d; nothing was sent", ErrRecordTooLargeForTopic, size+recordBatchOverhead, limit)}
 	}
 
-	select {
-	case k.slots <- struct{}{}:
-	default:
-		select {
-		case k.slots <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-k.closing:
+	if err := k.slots.Acquire(ctx); err != nil {
+		if errors.Is(err, ErrSinkClosed) {
 			return ErrClosed
 		}
+		return err
 	}
 	if limit > 0 {
 		if err := k.takeRoom(ctx, r, size, limit); err != nil {
-			<-k.slots
+			k.slots.Release()
 			return err
 		}
 	}
 	if first := k.blocked.get(r.msg.Topic, r.partition); first != nil {
 		k.room.release(r)
-		<-k.slots
+		k.slots.Release()
 		return &RecordError{EventID: ev.ID, Topic: ev.Topic, Partition: r.partition, Err: &partitionBlockedError{first}}
 	}
-	if len(k.slots) == 1 {
+	if k.slots.InFlight() == 1 {
 		// Nothing else in flight: a stall is measured from now.
 		k.lastProgress.Store(time.Now().UnixNano())
 	}
 	if k.txn != nil {
 		if err := k.beginRecord(); err != nil {
 			k.room.release(r)
-			<-k.slots
+			k.slots.Release()
 			return err
 		}
 	}
@@ -746,7 +742,7 @@ func (k *Kafka) takeBack(r *record, err error) error {
 		k.unsent()
 	}
 	k.room.release(r)
-	<-k.slots
+	k.slots.Release()
 	return err
 }
 
@@ -1017,7 +1013,7 @@ func checkPartitions(parts []int32, err error) ([]int32, error) {
 
 // InFlight returns how many published records have not had their ack
 // called yet.
-func (k *Kafka) InFlight() int { return len(k.slots) }
+func (k *Kafka) InFlight() int { return k.slots.InFlight() }
 
 // Close stops accepting records, waits until every published record's ack
 // has been called (drain: records still buffered are sent and retried
@@ -1108,7 +1104,7 @@ func (k *Kafka) abort() {
 // once.
 func (k *Kafka) stop() {
 	k.stopOnce.Do(func() {
-		close(k.closing)
+		k.slots.Close()
 		k.mu.Lock()
 		k.closed = true
 		k.mu.Unlock()
@@ -1170,7 +1166,7 @@ func (k *Kafka) acks() {
 					continue
 				}
 				r.done(nil)
-				<-k.slots
+				k.slots.Release()
 			}
 		case pe, ok := <-errs:
 			if !ok {
@@ -1187,7 +1183,7 @@ func (k *Kafka) acks() {
 					continue
 				}
 				r.done(err)
-				<-k.slots
+				k.slots.Release()
 			}
 		}
 	}
@@ -1209,7 +1205,7 @@ func (k *Kafka) failPending() {
 		}
 		r.done(err)
 		if !r.noSlot {
-			<-k.slots
+			k.slots.Release()
 		}
 	}
 	close(k.abortedAcks)
@@ -1263,7 +1259,7 @@ func (k *Kafka) watchStalls() {
 			go k.abortWith(cause)
 			return
 		}
-		inFlight := len(k.slots)
+		inFlight := k.slots.InFlight()
 		since := time.Since(time.Unix(0, k.lastProgress.Load()))
 		switch {
 		case !stalled && inFlight > 0 && since >= k.stallWarning:

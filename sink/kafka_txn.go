@@ -260,7 +260,7 @@ wait:
 	for _, r := range held {
 		r.done(nil)
 		if !r.noSlot {
-			<-k.slots
+			k.slots.Release()
 		}
 	}
 	return nil
@@ -417,7 +417,7 @@ func (k *Kafka) failHeld(held []*record, cause error) {
 		}
 		r.done(err)
 		if !r.noSlot {
-			<-k.slots
+			k.slots.Release()
 		}
 	}
 }

@@ -69,7 +69,7 @@ func (c NATSConfig) withDefaults() NATSConfig {
 	if c.AckTimeout == 0 {
 		c.AckTimeout = DefaultNATSAckTimeout
 	}
-	c.Retry = c.Retry.withDefaults()
+	c.Retry = c.Retry.WithDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -137,9 +137,9 @@ type NATS struct {
 	js   jetstream.JetStream
 	log  *slog.Logger
 
-	gate    *gate[*natsItem]
+	gate    *Gate[*natsItem]
 	futures chan *natsItem // in-flight publishes, in send order
-	failed  sticky
+	failed  Sticky
 	ackDone chan struct{}
 	once    sync.Once
 }
@@ -193,7 +193,7 @@ func NewNATS(ctx context.Context, cfg NATSConfig) (*NATS, error) {
 		nc:      nc,
 		js:      js,
 		log:     cfg.Logger,
-		gate:    newGate[*natsItem](cfg.MaxInFlight),
+		gate:    NewGate[*natsItem](cfg.MaxInFlight),
 		futures: make(chan *natsItem, cfg.MaxInFlight),
 		ackDone: make(chan struct{}),
 	}
@@ -230,8 +230,8 @@ var natsSubjectValue = strings.NewReplacer(" ", "_", "\t", "_", "\r", "_", "\n",
 // returns ctx.Err() or a closed error without calling ack. Otherwise ack is
 // called exactly once from the ack goroutine. Publish copies what it needs.
 func (n *NATS) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
-	if err := n.gate.acquire(ctx); err != nil {
-		return prefixClosed("nats", err)
+	if err := n.gate.Acquire(ctx); err != nil {
+		return PrefixClosed("nats", err)
 	}
 	h := make(nats.Header, 4+len(ev.Headers))
 	for _, eh := range ev.Headers {
@@ -248,9 +248,9 @@ func (n *NATS) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) 
 		data:    append([]byte(nil), ev.Payload...),
 		ack:     ack,
 	}
-	send, err := n.gate.admit(it.key, it)
+	send, err := n.gate.Admit(it.key, it)
 	if err != nil {
-		return prefixClosed("nats", err)
+		return PrefixClosed("nats", err)
 	}
 	if send {
 		n.send(it)
@@ -264,7 +264,7 @@ func (n *NATS) send(it *natsItem) {
 		it.first = time.Now()
 	}
 	it.attempts++
-	it.fut, it.err = nil, n.failed.get()
+	it.fut, it.err = nil, n.failed.Get()
 	if it.err == nil {
 		msg := &nats.Msg{Subject: it.subject, Header: it.header, Data: it.data}
 		it.fut, it.err = n.js.PublishMsgAsync(msg)
@@ -275,15 +275,15 @@ func (n *NATS) send(it *natsItem) {
 
 // InFlight returns how many published events have not had their ack
 // called yet.
-func (n *NATS) InFlight() int { return n.gate.inFlight() }
+func (n *NATS) InFlight() int { return n.gate.InFlight() }
 
 // Close stops accepting events, waits until every published event's ack was
 // called (in-flight publishes finish or exhaust their retries), then closes
 // the connection. Calling it again returns the same result.
 func (n *NATS) Close() error {
 	n.once.Do(func() {
-		n.gate.close()
-		n.gate.wait()
+		n.gate.Close()
+		n.gate.Wait()
 		close(n.futures)
 		<-n.ackDone
 		n.nc.Close()
@@ -303,18 +303,18 @@ func (n *NATS) acks() {
 			case err = <-it.fut.Err():
 			}
 		}
-		if err != nil && n.failed.get() == nil && time.Since(it.first) < n.cfg.Retry.Timeout {
+		if err != nil && n.failed.Get() == nil && time.Since(it.first) < n.cfg.Retry.Timeout {
 			n.log.Warn("NATS publish failed; retrying", "event_id", it.header.Get("id"), "subject", it.subject, "attempt", it.attempts, "error", err)
-			sleepCtx(nil, n.cfg.Retry.backoff(it.attempts))
+			Sleep(nil, n.cfg.Retry.Backoff(it.attempts))
 			n.send(it)
 			continue
 		}
 		if err != nil {
 			err = n.publishError(it, err)
-			n.failed.set(err)
+			n.failed.Set(err)
 		}
 		it.ack(err)
-		if next, ok := n.gate.done(it.key); ok {
+		if next, ok := n.gate.Done(it.key); ok {
 			n.send(next)
 		}
 	}
@@ -337,12 +337,4 @@ func (n *NATS) publishError(it *natsItem, err error) error {
 			it.subject, err, stream, filter, stream, filter)
 	}
 	return fmt.Errorf("publishing to NATS subject %s after %d attempts: %w", it.subject, it.attempts, err)
-}
-
-// prefixClosed names the sink in a closed error and passes others through.
-func prefixClosed(sink string, err error) error {
-	if errors.Is(err, errSinkClosed) {
-		return fmt.Errorf("%s: %w", sink, err)
-	}
-	return err
 }

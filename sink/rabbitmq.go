@@ -60,7 +60,7 @@ func (c RabbitMQConfig) withDefaults() RabbitMQConfig {
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultMaxInFlight
 	}
-	c.Retry = c.Retry.withDefaults()
+	c.Retry = c.Retry.WithDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -127,11 +127,11 @@ type RabbitMQ struct {
 	ch       *amqp.Channel
 	log      *slog.Logger
 
-	gate     *gate[*rabbitItem]
+	gate     *Gate[*rabbitItem]
 	pending  chan *rabbitItem
 	returns  chan amqp.Return
 	returned map[string]amqp.Return // message id -> return, ack goroutine only
-	failed   sticky
+	failed   Sticky
 	ackDone  chan struct{}
 	once     sync.Once
 }
@@ -181,7 +181,7 @@ func NewRabbitMQ(ctx context.Context, cfg RabbitMQConfig) (*RabbitMQ, error) {
 		conn:     conn,
 		ch:       ch,
 		log:      cfg.Logger,
-		gate:     newGate[*rabbitItem](cfg.MaxInFlight),
+		gate:     NewGate[*rabbitItem](cfg.MaxInFlight),
 		pending:  make(chan *rabbitItem, cfg.MaxInFlight),
 		returns:  ch.NotifyReturn(make(chan amqp.Return, cfg.MaxInFlight)),
 		returned: make(map[string]amqp.Return),
@@ -196,8 +196,8 @@ func NewRabbitMQ(ctx context.Context, cfg RabbitMQConfig) (*RabbitMQ, error) {
 // blocks at MaxInFlight and returns ctx.Err() or a closed error without
 // calling ack; otherwise ack is called exactly once from the ack goroutine.
 func (r *RabbitMQ) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
-	if err := r.gate.acquire(ctx); err != nil {
-		return prefixClosed("rabbitmq", err)
+	if err := r.gate.Acquire(ctx); err != nil {
+		return PrefixClosed("rabbitmq", err)
 	}
 	h := make(amqp.Table, 4+len(ev.Headers))
 	for _, eh := range ev.Headers {
@@ -223,9 +223,9 @@ func (r *RabbitMQ) Publish(ctx context.Context, ev *decoder.Event, ack func(erro
 		},
 		ack: ack,
 	}
-	send, err := r.gate.admit(it.key, it)
+	send, err := r.gate.Admit(it.key, it)
 	if err != nil {
-		return prefixClosed("rabbitmq", err)
+		return PrefixClosed("rabbitmq", err)
 	}
 	if send {
 		r.send(it)
@@ -238,7 +238,7 @@ func (r *RabbitMQ) send(it *rabbitItem) {
 		it.first = time.Now()
 	}
 	it.attempts++
-	it.conf, it.err = nil, r.failed.get()
+	it.conf, it.err = nil, r.failed.Get()
 	if it.err == nil {
 		it.conf, it.err = r.ch.PublishWithDeferredConfirm(it.exchange, it.routing, r.cfg.Mandatory, false, it.msg)
 	}
@@ -247,14 +247,14 @@ func (r *RabbitMQ) send(it *rabbitItem) {
 
 // InFlight returns how many published events have not had their ack
 // called yet.
-func (r *RabbitMQ) InFlight() int { return r.gate.inFlight() }
+func (r *RabbitMQ) InFlight() int { return r.gate.InFlight() }
 
 // Close stops accepting events, waits until every published event's ack was
 // called, then closes the channel and connection.
 func (r *RabbitMQ) Close() error {
 	r.once.Do(func() {
-		r.gate.close()
-		r.gate.wait()
+		r.gate.Close()
+		r.gate.Wait()
 		close(r.pending)
 		<-r.ackDone
 		r.conn.Close()
@@ -271,18 +271,18 @@ func (r *RabbitMQ) acks() {
 			err = r.confirmed(it)
 		}
 		if err != nil && !errors.Is(err, ErrUnroutable) && !r.ch.IsClosed() &&
-			r.failed.get() == nil && time.Since(it.first) < r.cfg.Retry.Timeout {
+			r.failed.Get() == nil && time.Since(it.first) < r.cfg.Retry.Timeout {
 			r.log.Warn("RabbitMQ publish failed; retrying", "event_id", it.id, "attempt", it.attempts, "error", err)
-			sleepCtx(nil, r.cfg.Retry.backoff(it.attempts))
+			Sleep(nil, r.cfg.Retry.Backoff(it.attempts))
 			r.send(it)
 			continue
 		}
 		if err != nil {
 			err = fmt.Errorf("publishing to RabbitMQ exchange %q routing key %q: %w", it.exchange, it.routing, err)
-			r.failed.set(err)
+			r.failed.Set(err)
 		}
 		it.ack(err)
-		if next, ok := r.gate.done(it.key); ok {
+		if next, ok := r.gate.Done(it.key); ok {
 			r.send(next)
 		}
 	}

@@ -52,7 +52,7 @@ func (c RedisConfig) withDefaults() RedisConfig {
 	if c.MaxBatch == 0 {
 		c.MaxBatch = DefaultRedisMaxBatch
 	}
-	c.Retry = c.Retry.withDefaults()
+	c.Retry = c.Retry.WithDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -112,13 +112,12 @@ type Redis struct {
 	log    *slog.Logger
 
 	queue chan redisItem
-	slots chan struct{}
+	slots *Slots
 
-	mu      sync.RWMutex // guards closed against the send to queue
-	closed  bool
-	closing chan struct{}
-	done    chan struct{}
-	once    sync.Once
+	mu     sync.RWMutex // guards closed against the send to queue
+	closed bool
+	done   chan struct{}
+	once   sync.Once
 }
 
 type redisItem struct {
@@ -142,14 +141,13 @@ func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 		return nil, fmt.Errorf("connecting to Redis at %s: %w", RedactURL(cfg.URL), err)
 	}
 	r := &Redis{
-		cfg:     cfg,
-		stream:  tmpl,
-		client:  client,
-		log:     cfg.Logger,
-		queue:   make(chan redisItem, cfg.MaxInFlight),
-		slots:   make(chan struct{}, cfg.MaxInFlight),
-		closing: make(chan struct{}),
-		done:    make(chan struct{}),
+		cfg:    cfg,
+		stream: tmpl,
+		client: client,
+		log:    cfg.Logger,
+		queue:  make(chan redisItem, cfg.MaxInFlight),
+		slots:  NewSlots(cfg.MaxInFlight),
+		done:   make(chan struct{}),
 	}
 	go r.run()
 	r.log.Info("connected to Redis", "url", RedactURL(cfg.URL), "stream", cfg.Stream, "max_in_flight", cfg.MaxInFlight)
@@ -163,7 +161,7 @@ func (r *Redis) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	hdr, err := headersJSON(ev.Headers)
+	hdr, err := HeadersJSON(ev.Headers)
 	if err != nil {
 		return fmt.Errorf("encoding headers of event %s: %w", ev.ID, err)
 	}
@@ -182,18 +180,14 @@ func (r *Redis) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 	if r.cfg.MaxLen > 0 {
 		args.MaxLen, args.Approx = r.cfg.MaxLen, true
 	}
-	select {
-	case r.slots <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-r.closing:
-		return fmt.Errorf("redis: %w", errSinkClosed)
+	if err := r.slots.Acquire(ctx); err != nil {
+		return PrefixClosed("redis", err)
 	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if r.closed {
-		<-r.slots
-		return fmt.Errorf("redis: %w", errSinkClosed)
+		r.slots.Release()
+		return fmt.Errorf("redis: %w", ErrSinkClosed)
 	}
 	r.queue <- redisItem{args: args, ack: ack} // never blocks: room for every slot
 	return nil
@@ -201,13 +195,13 @@ func (r *Redis) Publish(ctx context.Context, ev *decoder.Event, ack func(error))
 
 // InFlight returns how many published events have not had their ack
 // called yet.
-func (r *Redis) InFlight() int { return len(r.slots) }
+func (r *Redis) InFlight() int { return r.slots.InFlight() }
 
 // Close stops accepting events, sends what is queued, and returns once
 // every ack was called; then it closes the connection.
 func (r *Redis) Close() error {
 	r.once.Do(func() {
-		close(r.closing)
+		r.slots.Close()
 		r.mu.Lock()
 		r.closed = true
 		close(r.queue)
@@ -243,7 +237,7 @@ func (r *Redis) run() {
 		}
 		for _, it := range batch {
 			it.ack(failed)
-			<-r.slots
+			r.slots.Release()
 		}
 		clear(batch)
 	}
@@ -267,7 +261,7 @@ func (r *Redis) send(batch []redisItem) error {
 			return fmt.Errorf("XADD of %d events to Redis (first stream %s) after %d attempts: %w", len(batch), batch[0].args.Stream, attempt, err)
 		}
 		r.log.Warn("Redis pipeline failed; retrying", "events", len(batch), "attempt", attempt, "error", err)
-		sleepCtx(nil, r.cfg.Retry.backoff(attempt))
+		Sleep(nil, r.cfg.Retry.Backoff(attempt))
 	}
 }
 

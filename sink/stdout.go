@@ -27,13 +27,12 @@ type StdoutConfig struct {
 type Stdout struct {
 	w     *bufio.Writer
 	lines chan stdoutLine
-	slots chan struct{}
+	slots *Slots
 
-	mu      sync.RWMutex // guards closed against the send to lines
-	closed  bool
-	closing chan struct{}
-	done    chan struct{}
-	once    sync.Once
+	mu     sync.RWMutex // guards closed against the send to lines
+	closed bool
+	done   chan struct{}
+	once   sync.Once
 }
 
 type stdoutLine struct {
@@ -53,11 +52,10 @@ func NewStdout(cfg StdoutConfig) (*Stdout, error) {
 		return nil, fmt.Errorf("stdout sink: max in-flight %d is below 1", cfg.MaxInFlight)
 	}
 	s := &Stdout{
-		w:       bufio.NewWriterSize(cfg.Writer, 64<<10),
-		lines:   make(chan stdoutLine, cfg.MaxInFlight),
-		slots:   make(chan struct{}, cfg.MaxInFlight),
-		closing: make(chan struct{}),
-		done:    make(chan struct{}),
+		w:     bufio.NewWriterSize(cfg.Writer, 64<<10),
+		lines: make(chan stdoutLine, cfg.MaxInFlight),
+		slots: NewSlots(cfg.MaxInFlight),
+		done:  make(chan struct{}),
 	}
 	go s.run()
 	return s, nil
@@ -70,23 +68,19 @@ func (s *Stdout) Publish(ctx context.Context, ev *decoder.Event, ack func(error)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	b, err := appendEventJSON(make([]byte, 0, 256+len(ev.Payload)), ev)
+	b, err := AppendEventJSON(make([]byte, 0, 256+len(ev.Payload)), ev)
 	if err != nil {
 		return err
 	}
 	b = append(b, '\n')
-	select {
-	case s.slots <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.closing:
-		return fmt.Errorf("stdout: %w", errSinkClosed)
+	if err := s.slots.Acquire(ctx); err != nil {
+		return PrefixClosed("stdout", err)
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		<-s.slots
-		return fmt.Errorf("stdout: %w", errSinkClosed)
+		s.slots.Release()
+		return fmt.Errorf("stdout: %w", ErrSinkClosed)
 	}
 	// Never blocks: lines has room for every slot.
 	s.lines <- stdoutLine{b: b, ack: ack}
@@ -97,7 +91,7 @@ func (s *Stdout) Publish(ctx context.Context, ev *decoder.Event, ack func(error)
 // returns once each ack was called.
 func (s *Stdout) Close() error {
 	s.once.Do(func() {
-		close(s.closing)
+		s.slots.Close()
 		s.mu.Lock()
 		s.closed = true
 		close(s.lines)
@@ -123,7 +117,7 @@ func (s *Stdout) run() {
 		}
 		for _, ack := range batch {
 			ack(err)
-			<-s.slots
+			s.slots.Release()
 		}
 		batch = batch[:0]
 	}

@@ -1,13 +1,8 @@
 package sink
 
 import (
-	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net/url"
 	"strings"
-	"time"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/internal/placeholder"
@@ -112,80 +107,4 @@ func fieldValue(ev *decoder.Event, field int) string {
 		return ev.Topic
 	}
 	return ""
-}
-
-// EventJSON is the JSON shape of an event in the webhook body and the
-// stdout sink's lines. Payload is the stored payload itself when it is
-// valid JSON, otherwise a base64 string of its bytes; null when NULL.
-type EventJSON struct {
-	ID            string            `json:"id"`
-	AggregateType string            `json:"aggregate_type"`
-	AggregateID   string            `json:"aggregate_id"`
-	EventType     string            `json:"event_type"`
-	Payload       json.RawMessage   `json:"payload"`
-	Headers       map[string]string `json:"headers"`
-	CreatedAt     time.Time         `json:"created_at"`
-}
-
-// appendEventJSON appends ev's EventJSON encoding (no newline) to b.
-func appendEventJSON(b []byte, ev *decoder.Event) ([]byte, error) {
-	doc := EventJSON{
-		ID:            ev.ID,
-		AggregateType: ev.AggregateType,
-		AggregateID:   ev.AggregateID,
-		EventType:     ev.EventType,
-		Headers:       make(map[string]string, len(ev.Headers)),
-		CreatedAt:     ev.CreatedAt.UTC(),
-	}
-	for _, h := range ev.Headers {
-		doc.Headers[h.Key] = string(h.Value)
-	}
-	switch {
-	case ev.Payload == nil:
-		doc.Payload = json.RawMessage("null")
-	case json.Valid(ev.Payload):
-		doc.Payload = json.RawMessage(ev.Payload)
-	default:
-		s, _ := json.Marshal(base64.StdEncoding.EncodeToString(ev.Payload))
-		doc.Payload = s
-	}
-	out, err := json.Marshal(doc)
-	if err != nil {
-		return b, fmt.Errorf("encoding event %s as JSON: %w", ev.ID, err)
-	}
-	return append(b, out...), nil
-}
-
-// errSinkClosed is wrapped by the non-Kafka sinks' ErrClosed returns.
-var errSinkClosed = errors.New("sink closed")
-
-// RedactURL returns u without its password, for logs and errors. A value
-// that does not parse as a URL is shown only by scheme.
-func RedactURL(u string) string {
-	parts := strings.Split(u, ",")
-	for i, p := range parts {
-		pu, err := url.Parse(strings.TrimSpace(p))
-		if err != nil {
-			parts[i] = "(unparsable URL)"
-			continue
-		}
-		if pu.User != nil {
-			if _, hasPassword := pu.User.Password(); !hasPassword && pu.User.Username() != "" {
-				// A lone user part is often a token (nats://token@host).
-				pu.User = url.User("xxxxx")
-			}
-		}
-		parts[i] = pu.Redacted()
-	}
-	return strings.Join(parts, ",")
-}
-
-// headersJSON encodes headers as one JSON object of strings.
-func headersJSON(hs []decoder.Header) (string, error) {
-	m := make(map[string]string, len(hs))
-	for _, h := range hs {
-		m[h.Key] = string(h.Value)
-	}
-	b, err := json.Marshal(m)
-	return string(b), err
 }

@@ -73,7 +73,7 @@ func (c WebhookConfig) withDefaults() WebhookConfig {
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultMaxInFlight
 	}
-	c.Retry = c.Retry.withDefaults()
+	c.Retry = c.Retry.WithDefaults()
 	if c.Client == nil {
 		c.Client = &http.Client{Timeout: c.Timeout}
 	}
@@ -150,9 +150,9 @@ type Webhook struct {
 	cfg    WebhookConfig
 	url    Template
 	log    *slog.Logger
-	gate   *gate[*webhookItem]
+	gate   *Gate[*webhookItem]
 	work   chan *webhookItem
-	failed sticky
+	failed Sticky
 	wg     sync.WaitGroup
 	once   sync.Once
 }
@@ -176,7 +176,7 @@ func NewWebhook(cfg WebhookConfig) (*Webhook, error) {
 		cfg:  cfg,
 		url:  tmpl,
 		log:  cfg.Logger,
-		gate: newGate[*webhookItem](cfg.MaxInFlight),
+		gate: NewGate[*webhookItem](cfg.MaxInFlight),
 		work: make(chan *webhookItem, cfg.MaxInFlight),
 	}
 	for range cfg.Concurrency {
@@ -192,17 +192,17 @@ func NewWebhook(cfg WebhookConfig) (*Webhook, error) {
 // closed error without calling ack; otherwise ack is called exactly once
 // from a worker.
 func (w *Webhook) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
-	doc, err := appendEventJSON(nil, ev)
+	doc, err := AppendEventJSON(nil, ev)
 	if err != nil {
 		return err
 	}
-	if err := w.gate.acquire(ctx); err != nil {
-		return prefixClosed("webhook", err)
+	if err := w.gate.Acquire(ctx); err != nil {
+		return PrefixClosed("webhook", err)
 	}
 	it := &webhookItem{id: ev.ID, key: ev.AggregateID, url: w.url.RenderEscaped(ev, url.PathEscape), doc: doc, ack: ack}
-	send, err := w.gate.admit(it.key, it)
+	send, err := w.gate.Admit(it.key, it)
 	if err != nil {
-		return prefixClosed("webhook", err)
+		return PrefixClosed("webhook", err)
 	}
 	if send {
 		w.work <- it // never blocks: work has room for every in-flight event
@@ -212,14 +212,14 @@ func (w *Webhook) Publish(ctx context.Context, ev *decoder.Event, ack func(error
 
 // InFlight returns how many published events have not had their ack
 // called yet.
-func (w *Webhook) InFlight() int { return w.gate.inFlight() }
+func (w *Webhook) InFlight() int { return w.gate.InFlight() }
 
 // Close stops accepting events and returns once every published event's
 // ack was called (POSTs in progress finish or exhaust their retries).
 func (w *Webhook) Close() error {
 	w.once.Do(func() {
-		w.gate.close()
-		w.gate.wait()
+		w.gate.Close()
+		w.gate.Wait()
 		close(w.work)
 		w.wg.Wait()
 	})
@@ -229,14 +229,14 @@ func (w *Webhook) Close() error {
 func (w *Webhook) worker() {
 	defer w.wg.Done()
 	for it := range w.work {
-		err := w.failed.get()
+		err := w.failed.Get()
 		if err == nil {
 			if err = w.deliver(it); err != nil {
-				w.failed.set(err)
+				w.failed.Set(err)
 			}
 		}
 		it.ack(err)
-		if next, ok := w.gate.done(it.key); ok {
+		if next, ok := w.gate.Done(it.key); ok {
 			w.work <- next
 		}
 	}
@@ -255,10 +255,10 @@ func (w *Webhook) deliver(it *webhookItem) error {
 			return fmt.Errorf("webhook for event %s after %d attempts: %w", it.id, attempt, err)
 		}
 		if wait == 0 {
-			wait = w.cfg.Retry.backoff(attempt)
+			wait = w.cfg.Retry.Backoff(attempt)
 		}
 		w.log.Warn("webhook POST failed; retrying", "event_id", it.id, "attempt", attempt, "in", wait, "error", err)
-		sleepCtx(nil, wait)
+		Sleep(nil, wait)
 	}
 }
 
