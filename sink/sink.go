@@ -4,6 +4,11 @@
 // (Template) and the JSON shape of an event (EventJSON). The publishers
 // themselves live in one subpackage per destination: sink/kafka,
 // sink/nats, sink/rabbitmq, sink/redis, sink/webhook and sink/stdout.
+//
+// A publisher reports, once per event, when the destination has it. Its
+// Publish blocks at an in-flight cap, which is how a slow or absent
+// destination stops the reading of WAL (backpressure) and keeps memory
+// bounded.
 package sink
 
 import (
