@@ -1,7 +1,7 @@
 # The front door: make setup, make test, make lint, make demo, make bench.
 GO       ?= go
 FUZZTIME ?= 20s
-BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
+BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink/...
 
 .PHONY: all setup test test-kafka test-pg-matrix pg-versions kafka-jars debezium-jars lint build demo bench bench-go compat-debezium fuzz clean
 
