@@ -1,7 +1,7 @@
 # The front door: make setup, make test, make lint, make demo, make bench.
 GO       ?= go
 FUZZTIME ?= 20s
-BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink
+BENCH_PKGS = ./decoder ./checkpoint ./relay ./sink/...
 # The application libraries' own modules (pgx only): `./...` at the root
 # does not enter them, so test and lint run in each too. Their tests that
 # need PostgreSQL are in the root module's libtest/.

@@ -18,7 +18,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/internal/kafkaserver"
-	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/sink/kafka"
 )
 
 // benchPartitions is the benchmark topic's partition count, on kfake and on
@@ -246,7 +246,7 @@ func (a *apache) startCoordinators(ctx context.Context) error {
 }
 
 // warmUp sends records shaped like the bench's events through the relay's
-// own producer (sink.NewKafka: idempotent, acks=all, one request in flight)
+// own producer (kafka.New: idempotent, acks=all, one request in flight)
 // to the warm-up topic: bulk records first, n of them as fast as the
 // producer takes them (the drains' pattern), then paced at rate for paced
 // (the live runs'). The broker's JIT then compiles the paths these
@@ -254,7 +254,7 @@ func (a *apache) startCoordinators(ctx context.Context) error {
 // client of another kind (another request version, other batch sizes)
 // leaves the C2 compiler much of that work to do in the measurements.
 func (a *apache) warmUp(ctx context.Context, n, rate int, paced time.Duration) error {
-	k, err := sink.NewKafka(sink.KafkaConfig{Brokers: []string{a.addr}, ClientID: "outbox-relay-bench-warmup"})
+	k, err := kafka.New(kafka.Config{Brokers: []string{a.addr}, ClientID: "outbox-relay-bench-warmup"})
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/relay"
-	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/sink/kafka"
 	"github.com/outbox-relay/outbox-relay/slot"
 )
 
@@ -186,13 +186,13 @@ func relayMain(args []string) error {
 			return nullPublisher{}, nil
 		}
 	case "kafka":
-		kcfg := sink.KafkaConfig{Brokers: strings.Split(*brokers, ","), ClientID: "outbox-relay-bench", FlushFrequency: *linger, Logger: logger}
+		kcfg := kafka.Config{Brokers: strings.Split(*brokers, ","), ClientID: "outbox-relay-bench", FlushFrequency: *linger, Logger: logger}
 		if *exactlyOnce {
 			// As the command sets it up (cmd/outbox-relay/kafka_flags.go).
-			kcfg.Transaction = sink.KafkaTransaction{ID: "outbox-relay-" + *slotName, CheckpointKey: *slotName}
+			kcfg.Transaction = kafka.Transaction{ID: "outbox-relay-" + *slotName, CheckpointKey: *slotName}
 		}
 		newPub = func(context.Context) (relay.Publisher, error) {
-			k, err := sink.NewKafka(kcfg)
+			k, err := kafka.New(kcfg)
 			if err != nil {
 				return nil, err
 			}

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/outbox-relay/outbox-relay/internal/kafkaserver"
-	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/sink/kafka"
 )
 
 type machine struct {
@@ -490,12 +490,12 @@ func (e *env) writeBrokers(w func(string, ...any)) {
 		w("  - acks=all with one replica is the leader's append to its log; Kafka by default leaves flushing the log to disk to the operating system (no fsync per request), as kfake writes nothing at all. ")
 		w("The broker's CPU from the warm-up's end to the end of the run, idle time between its rows included: %.1f s.\n", e.res.ApacheCPU.Seconds())
 	}
-	linger := sink.DefaultFlushFrequency
+	linger := kafka.DefaultFlushFrequency
 	if e.o.linger > 0 {
 		linger = e.o.linger
 	}
-	w("- **The relay's producer** (sink/kafka.go, `github.com/IBM/sarama` %s), the same for both brokers: idempotent, acks=all, one request in flight per broker connection, linger %s, protocol version %s. The poller's producer (bench/poller.go) is idempotent with acks=all too; it runs against kfake only.\n\n",
-		moduleVersion("github.com/IBM/sarama"), linger, sink.DefaultVersion)
+	w("- **The relay's producer** (sink/kafka/kafka.go, `github.com/IBM/sarama` %s), the same for both brokers: idempotent, acks=all, one request in flight per broker connection, linger %s, protocol version %s. The poller's producer (bench/poller.go) is idempotent with acks=all too; it runs against kfake only.\n\n",
+		moduleVersion("github.com/IBM/sarama"), linger, kafka.DefaultVersion)
 }
 
 // writePeers writes the side-by-side table of the relay, its exactly-once
@@ -537,7 +537,7 @@ func (e *env) writePeers(w func(string, ...any)) {
 		w("What differs and why it stays:\n\n")
 		w("- **timestamp**: the EventRouter stamps a record with the time its connector processed the change (the envelope's `ts_ms`) unless `table.field.event.timestamp` names a column; the relay stamps the row's `created_at` or, in Debezium's table, which has none, the transaction's commit time. A processing time is not in the WAL, so no relay can reproduce it; both are within the same second of the commit in a live stream, minutes apart in a backlog.\n")
 		w("- **header names** (not part of the required fields): Debezium 3 adds `__debezium.context.*` headers naming its connector, task and run; the relay adds `event_type` and `aggregate_type`. Consumers written for Debezium read `id` and ignore the rest.\n")
-		w("- **partition** (not part of the required fields): the same when the topic has the same number of partitions: Kafka's Java producer, which Connect uses, and the relay's sink both take murmur2 of the key (sink/TestMurmur2MatchesJavaClient).\n\n")
+		w("- **partition** (not part of the required fields): the same when the topic has the same number of partitions: Kafka's Java producer, which Connect uses, and the relay's sink both take murmur2 of the key (TestMurmur2MatchesJavaClient in sink/kafka).\n\n")
 	}
 }
 

@@ -3,8 +3,8 @@ package decoder
 import (
 	"errors"
 	"fmt"
-	"strings"
 
+	"github.com/outbox-relay/outbox-relay/internal/placeholder"
 	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 )
 
@@ -145,66 +145,41 @@ func parseTable(t string) (pgname.Table, error) {
 
 // Placeholders a topic template may use besides raw column names.
 const (
-	fieldLiteral = iota
-	fieldID
+	fieldID = placeholder.Literal + 1 + iota
 	fieldAggregateType
 	fieldAggregateID
 	fieldEventType
 	fieldRaw
 )
 
-// segment is a literal or a placeholder of a compiled topic template.
-type segment struct {
-	field int
-	text  string // literal text, or the raw column name for fieldRaw
-}
-
 // compileTopic parses a template once, so rendering is a concatenation.
 // Which characters a topic may hold is the destination's rule (Kafka's
 // differs from a NATS subject's or stdout's), so it is not checked here.
-func compileTopic(tmpl string) ([]segment, error) {
-	var segs []segment
-	rest := tmpl
-	for rest != "" {
-		open := strings.IndexAny(rest, "{}")
-		if open < 0 {
-			open = len(rest)
-		}
-		if open > 0 {
-			segs = append(segs, segment{field: fieldLiteral, text: rest[:open]})
-			rest = rest[open:]
-			continue
-		}
-		if rest[0] == '}' {
-			return nil, fmt.Errorf("topic template %q: '}' without '{'", tmpl)
-		}
-		end := strings.IndexAny(rest[1:], "{}")
-		if end < 0 || rest[1+end] != '}' {
-			return nil, fmt.Errorf("topic template %q: unclosed '{'", tmpl)
-		}
-		name := rest[1 : 1+end]
-		rest = rest[2+end:]
+func compileTopic(tmpl string) ([]placeholder.Segment, error) {
+	t, err := placeholder.Parse(tmpl, func(name string) (int, error) {
 		switch name {
 		case "":
-			return nil, fmt.Errorf("topic template %q: empty placeholder {}", tmpl)
+			return 0, errors.New("empty placeholder {}")
 		case "id":
-			segs = append(segs, segment{field: fieldID})
+			return fieldID, nil
 		case "aggregate_type":
-			segs = append(segs, segment{field: fieldAggregateType})
+			return fieldAggregateType, nil
 		case "aggregate_id":
-			segs = append(segs, segment{field: fieldAggregateID})
+			return fieldAggregateID, nil
 		case "event_type":
-			segs = append(segs, segment{field: fieldEventType})
-		default:
-			// Checked against the table's columns when rows arrive: the
-			// decoder learns the columns from the stream, not from SQL.
-			segs = append(segs, segment{field: fieldRaw, text: name})
+			return fieldEventType, nil
 		}
+		// Checked against the table's columns when rows arrive: the
+		// decoder learns the columns from the stream, not from SQL.
+		return fieldRaw, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("topic template %q: %w", tmpl, err)
 	}
-	if len(segs) == 0 {
+	if len(t.Segments()) == 0 {
 		return nil, errors.New("topic template is empty")
 	}
-	return segs, nil
+	return t.Segments(), nil
 }
 
 // ColumnRole says why a Config needs a column of the outbox table.
@@ -264,8 +239,8 @@ func (c Config) NeededColumns() []NeededColumn {
 	}
 	segs, _ := compileTopic(c.Topic)
 	for _, seg := range segs {
-		if seg.field == fieldRaw && !listed(seg.text) {
-			out = append(out, NeededColumn{Name: seg.text, Role: RoleTopic})
+		if seg.Field == fieldRaw && !listed(seg.Text) {
+			out = append(out, NeededColumn{Name: seg.Text, Role: RoleTopic})
 		}
 	}
 	for _, name := range c.HeaderColumns {

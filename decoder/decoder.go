@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/outbox-relay/outbox-relay/internal/placeholder"
 )
 
 // Type OIDs of the payload types the relay accepts (pg_type.oid).
@@ -35,7 +37,7 @@ const pgEpochMicros = 946684800 * 1000000
 type Decoder struct {
 	schema, table string
 	cols          Columns
-	topic         []segment
+	topic         []placeholder.Segment
 	heartbeat     string
 	msgPrefix     string
 	headerCols    []string
@@ -214,7 +216,7 @@ func (d *Decoder) relation(r *reader, walStart pglogrepl.LSN) error {
 			lay.createdAt = i
 		}
 		for j, seg := range d.topic {
-			if seg.field == fieldRaw && string(col) == seg.text {
+			if seg.Field == fieldRaw && string(col) == seg.Text {
 				lay.topicCols[j] = i
 			}
 		}
@@ -280,8 +282,8 @@ func (d *Decoder) checkLayout(lay *layout) (column, reason string) {
 		}
 	}
 	for j, seg := range d.topic {
-		if seg.field == fieldRaw && lay.topicCols[j] < 0 {
-			return seg.text, "is used in the topic template but missing"
+		if seg.Field == fieldRaw && lay.topicCols[j] < 0 {
+			return seg.Text, "is used in the topic template but missing"
 		}
 	}
 	return "", ""
@@ -400,7 +402,7 @@ func (d *Decoder) event(data []byte, rel *relation, walStart pglogrepl.LSN) (Eve
 		if seg < 0 {
 			return Event{}, d.rowError(data, lay, walStart, "", "", "the topic template renders an empty topic")
 		}
-		return Event{}, d.rowError(data, lay, walStart, "", d.topic[seg].text, "is used in the topic template but NULL")
+		return Event{}, d.rowError(data, lay, walStart, "", d.topic[seg].Text, "is used in the topic template but NULL")
 	}
 	ev.Topic = topic
 
@@ -490,9 +492,9 @@ func (d *Decoder) rowError(data []byte, lay *layout, walStart pglogrepl.LSN, top
 func (d *Decoder) renderTopic(ev *Event, raw func(seg int) ([]byte, bool)) (string, int, bool) {
 	b := d.topBuf[:0]
 	for i, seg := range d.topic {
-		switch seg.field {
-		case fieldLiteral:
-			b = append(b, seg.text...)
+		switch seg.Field {
+		case placeholder.Literal:
+			b = append(b, seg.Text...)
 		case fieldID:
 			b = append(b, ev.ID...)
 		case fieldAggregateType:

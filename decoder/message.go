@@ -119,7 +119,7 @@ func (d *Decoder) messageEvent(content []byte, walStart pglogrepl.LSN) (Event, e
 	// A message has no columns: a raw topic placeholder reads a header.
 	t, seg, ok := d.renderTopic(&ev, func(seg int) ([]byte, bool) {
 		for _, h := range ev.Headers {
-			if h.Key == d.topic[seg].text {
+			if h.Key == d.topic[seg].Text {
 				return h.Value, true
 			}
 		}
@@ -129,7 +129,7 @@ func (d *Decoder) messageEvent(content []byte, walStart pglogrepl.LSN) (Event, e
 		if seg < 0 {
 			return Event{}, rowErr("the topic template renders an empty topic")
 		}
-		return Event{}, rowErr(fmt.Sprintf("topic placeholder {%s} names no envelope header", d.topic[seg].text))
+		return Event{}, rowErr(fmt.Sprintf("topic placeholder {%s} names no envelope header", d.topic[seg].Text))
 	}
 	topic = t
 	ev.Topic = t

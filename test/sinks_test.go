@@ -23,6 +23,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/kafkatest"
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/sink/webhook"
 )
 
 // The brokers of these tests: private servers, each started on first use
@@ -416,8 +417,8 @@ func TestWebhookSinkEveryEventInOrder(t *testing.T) {
 			return
 		}
 		var doc sink.EventJSON
-		if err := json.Unmarshal(body, &doc); err != nil || req.Header.Get(sink.IdempotencyKeyHeader) != doc.ID ||
-			!strings.HasPrefix(req.Header.Get(sink.SignatureHeader), "sha256=") {
+		if err := json.Unmarshal(body, &doc); err != nil || req.Header.Get(webhook.IdempotencyKeyHeader) != doc.ID ||
+			!strings.HasPrefix(req.Header.Get(webhook.SignatureHeader), "sha256=") {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}

@@ -25,7 +25,7 @@ import (
 	"github.com/outbox-relay/outbox-relay/internal/pgserver"
 	"github.com/outbox-relay/outbox-relay/migrations"
 	"github.com/outbox-relay/outbox-relay/relay"
-	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/sink/kafka"
 	"github.com/outbox-relay/outbox-relay/slot"
 )
 
@@ -113,7 +113,7 @@ func runDemo(c *cli.Context) error {
 		StatusInterval: time.Second,
 		Logger:         log,
 	}
-	kcfg := sink.KafkaConfig{Brokers: brokers, ClientID: "outbox-relay-demo", MaxInFlight: 10000, Logger: log}
+	kcfg := kafka.Config{Brokers: brokers, ClientID: "outbox-relay-demo", MaxInFlight: 10000, Logger: log}
 	r, err := relay.New(cfg, kafkaPublisher(kcfg))
 	if err != nil {
 		return err

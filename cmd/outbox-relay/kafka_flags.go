@@ -8,6 +8,7 @@ import (
 
 	"github.com/outbox-relay/outbox-relay/relay"
 	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/sink/kafka"
 )
 
 // kafkaFlags are the Kafka client settings of `run`.
@@ -17,16 +18,16 @@ func kafkaFlags() []cli.Flag {
 			Usage: "Kafka bootstrap brokers, comma separated"},
 		&cli.IntFlag{Name: "max-in-flight", Value: sink.DefaultMaxInFlight, EnvVars: env("MAX_IN_FLIGHT"),
 			Usage: "records published and not yet acknowledged before reading WAL pauses"},
-		&cli.StringFlag{Name: "kafka-client-id", Value: sink.DefaultClientID, EnvVars: env("KAFKA_CLIENT_ID"), Usage: "Kafka client id"},
-		&cli.StringFlag{Name: "kafka-version", Value: sink.DefaultVersion, EnvVars: env("KAFKA_VERSION"), Usage: "Kafka protocol version to speak (>= 0.11 for the idempotent producer, >= 1.0 for SASL)"},
+		&cli.StringFlag{Name: "kafka-client-id", Value: kafka.DefaultClientID, EnvVars: env("KAFKA_CLIENT_ID"), Usage: "Kafka client id"},
+		&cli.StringFlag{Name: "kafka-version", Value: kafka.DefaultVersion, EnvVars: env("KAFKA_VERSION"), Usage: "Kafka protocol version to speak (>= 0.11 for the idempotent producer, >= 1.0 for SASL)"},
 		&cli.StringFlag{Name: "kafka-compression", Value: "none", EnvVars: env("KAFKA_COMPRESSION"), Usage: "none, gzip, snappy, lz4 or zstd"},
 		&cli.IntFlag{Name: "kafka-batch-messages", EnvVars: env("KAFKA_BATCH_MESSAGES"),
 			Usage: "send a batch once it holds this many records (0: no count limit)"},
-		&cli.IntFlag{Name: "kafka-batch-bytes", Value: sink.DefaultFlushBytes, EnvVars: env("KAFKA_BATCH_BYTES"),
+		&cli.IntFlag{Name: "kafka-batch-bytes", Value: kafka.DefaultFlushBytes, EnvVars: env("KAFKA_BATCH_BYTES"),
 			Usage: "send a batch once it holds this many bytes"},
-		&cli.DurationFlag{Name: "kafka-linger", Value: sink.DefaultFlushFrequency, EnvVars: env("KAFKA_LINGER"),
+		&cli.DurationFlag{Name: "kafka-linger", Value: kafka.DefaultFlushFrequency, EnvVars: env("KAFKA_LINGER"),
 			Usage: "send a batch this long after its first record at the latest"},
-		&cli.IntFlag{Name: "kafka-max-message-bytes", Value: sink.DefaultMaxMessageBytes, EnvVars: env("KAFKA_MAX_MESSAGE_BYTES"),
+		&cli.IntFlag{Name: "kafka-max-message-bytes", Value: kafka.DefaultMaxMessageBytes, EnvVars: env("KAFKA_MAX_MESSAGE_BYTES"),
 			Usage: "largest record sent (key, value, headers and framing); a larger one is a record error, dead-lettered or stopped at, never sent. " +
 				"Set it to the topic's max.message.bytes (the brokers' message.max.bytes) or below"},
 
@@ -57,7 +58,7 @@ func kafkaFlags() []cli.Flag {
 			Usage: "publish in Kafka transactions with a checkpoint in each: consumers reading committed data (isolation.level=read_committed) see every event once, also after a crash"},
 		&cli.StringFlag{Name: "kafka-transactional-id", EnvVars: env("KAFKA_TRANSACTIONAL_ID"),
 			Usage: "transactional.id with --exactly-once (default: outbox-relay-<slot>); a relay started with the same id fences the old one"},
-		&cli.StringFlag{Name: "kafka-checkpoint-topic", Value: sink.DefaultCheckpointTopic, EnvVars: env("KAFKA_CHECKPOINT_TOPIC"),
+		&cli.StringFlag{Name: "kafka-checkpoint-topic", Value: kafka.DefaultCheckpointTopic, EnvVars: env("KAFKA_CHECKPOINT_TOPIC"),
 			Usage: "compacted topic of the --exactly-once checkpoints, keyed by slot (created when missing)"},
 		&cli.IntFlag{Name: "kafka-txn-max-events", Value: relay.DefaultTxnMaxEvents, EnvVars: env("KAFKA_TXN_MAX_EVENTS"),
 			Usage: "with --exactly-once, commit a Kafka transaction once it holds this many events (at most half of --max-in-flight)"},
@@ -65,21 +66,21 @@ func kafkaFlags() []cli.Flag {
 			Usage: "with --exactly-once, commit a Kafka transaction once it holds this many bytes (at most half of --max-in-flight-bytes)"},
 		&cli.DurationFlag{Name: "kafka-txn-linger", Value: relay.DefaultTxnLinger, EnvVars: env("KAFKA_TXN_LINGER"),
 			Usage: "with --exactly-once, commit a Kafka transaction this long after its first event, at the next PostgreSQL commit, or when the stream goes quiet"},
-		&cli.DurationFlag{Name: "kafka-txn-timeout", Value: sink.DefaultTransactionTimeout, EnvVars: env("KAFKA_TXN_TIMEOUT"),
+		&cli.DurationFlag{Name: "kafka-txn-timeout", Value: kafka.DefaultTransactionTimeout, EnvVars: env("KAFKA_TXN_TIMEOUT"),
 			Usage: "with --exactly-once, transaction.timeout.ms: the broker aborts a transaction left open this long"},
 	}
 }
 
 // kafkaTransaction is the --exactly-once part of the Kafka settings.
-func kafkaTransaction(c *cli.Context) sink.KafkaTransaction {
+func kafkaTransaction(c *cli.Context) kafka.Transaction {
 	if !c.Bool("exactly-once") {
-		return sink.KafkaTransaction{}
+		return kafka.Transaction{}
 	}
 	id := c.String("kafka-transactional-id")
 	if id == "" {
 		id = "outbox-relay-" + c.String("slot")
 	}
-	return sink.KafkaTransaction{
+	return kafka.Transaction{
 		ID:              id,
 		CheckpointTopic: c.String("kafka-checkpoint-topic"),
 		CheckpointKey:   c.String("slot"),
@@ -87,9 +88,9 @@ func kafkaTransaction(c *cli.Context) sink.KafkaTransaction {
 	}
 }
 
-// kafkaConfig turns the Kafka flags into a validated sink.KafkaConfig.
-func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
-	cfg := sink.KafkaConfig{
+// kafkaConfig turns the Kafka flags into a validated kafka.Config.
+func kafkaConfig(c *cli.Context, log *slog.Logger) (kafka.Config, error) {
+	cfg := kafka.Config{
 		Brokers:         splitList(c.StringSlice("kafka-brokers")),
 		ClientID:        c.String("kafka-client-id"),
 		Version:         c.String("kafka-version"),
@@ -99,7 +100,7 @@ func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
 		FlushBytes:      c.Int("kafka-batch-bytes"),
 		FlushFrequency:  c.Duration("kafka-linger"),
 		MaxMessageBytes: c.Int("kafka-max-message-bytes"),
-		TLS: sink.KafkaTLS{
+		TLS: kafka.TLS{
 			Enable:             c.Bool("kafka-tls"),
 			CAFile:             c.String("kafka-tls-ca"),
 			CertFile:           c.String("kafka-tls-cert"),
@@ -107,7 +108,7 @@ func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
 			ServerName:         c.String("kafka-tls-server-name"),
 			InsecureSkipVerify: c.Bool("kafka-tls-insecure-skip-verify"),
 		},
-		SASL: sink.KafkaSASL{
+		SASL: kafka.SASL{
 			Mechanism:      c.String("kafka-sasl-mechanism"),
 			User:           c.String("kafka-sasl-user"),
 			Password:       c.String("kafka-sasl-password"),
@@ -117,16 +118,16 @@ func kafkaConfig(c *cli.Context, log *slog.Logger) (sink.KafkaConfig, error) {
 		Logger:      log,
 	}
 	if err := cfg.Validate(); err != nil {
-		return sink.KafkaConfig{}, usageErr(err)
+		return kafka.Config{}, usageErr(err)
 	}
 	return cfg, nil
 }
 
 // kafkaPublisher connects a fresh producer for each session.
-func kafkaPublisher(cfg sink.KafkaConfig) relay.NewPublisher {
+func kafkaPublisher(cfg kafka.Config) relay.NewPublisher {
 	return func(context.Context) (relay.Publisher, error) {
 		// NewKafka's errors name the brokers already; a rejected password
-		// or certificate is a *sink.RejectedError (ConfigProblem).
-		return sink.NewKafka(cfg)
+		// or certificate is a *kafka.RejectedError (ConfigProblem).
+		return kafka.New(cfg)
 	}
 }

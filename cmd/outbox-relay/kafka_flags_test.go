@@ -14,14 +14,14 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/outbox-relay/outbox-relay/sink"
+	"github.com/outbox-relay/outbox-relay/sink/kafka"
 )
 
 // parseKafka runs a `run` command that has the Kafka flags through a cli
 // app and returns what kafkaConfig built from them.
-func parseKafka(t *testing.T, args ...string) (sink.KafkaConfig, error) {
+func parseKafka(t *testing.T, args ...string) (kafka.Config, error) {
 	t.Helper()
-	var cfg sink.KafkaConfig
+	var cfg kafka.Config
 	app := &cli.App{
 		Name: "outbox-relay", Writer: io.Discard, ErrWriter: io.Discard,
 		ExitErrHandler: func(*cli.Context, error) {},
@@ -67,7 +67,7 @@ func TestKafkaFlagsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := sink.KafkaConfig{
+	want := kafka.Config{
 		Brokers: []string{"localhost:9092"}, ClientID: "outbox-relay", Version: "2.1.0", MaxInFlight: 10000,
 		Compression: "none", FlushBytes: 1 << 20, FlushFrequency: 250 * time.Microsecond, MaxMessageBytes: 1 << 20,
 	}
@@ -89,11 +89,11 @@ func TestKafkaFlagsBuildTheConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := sink.KafkaConfig{
+	want := kafka.Config{
 		Brokers: []string{"k1:9093", "k2:9093", "k3:9093"}, MaxInFlight: 500, ClientID: "billing-relay", Version: "3.6.0",
 		Compression: "zstd", FlushMessages: 1000, FlushBytes: 65536, FlushFrequency: 5 * time.Millisecond, MaxMessageBytes: 2097152,
-		TLS:  sink.KafkaTLS{Enable: true, ServerName: "kafka.internal"},
-		SASL: sink.KafkaSASL{Mechanism: "SCRAM-SHA-512", User: "relay", Password: "s3cret"},
+		TLS:  kafka.TLS{Enable: true, ServerName: "kafka.internal"},
+		SASL: kafka.SASL{Mechanism: "SCRAM-SHA-512", User: "relay", Password: "s3cret"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("flags:\n got %+v\nwant %+v", got, want)
@@ -118,11 +118,11 @@ func TestKafkaFlagsFromTheEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := sink.KafkaConfig{
+	want := kafka.Config{
 		Brokers: []string{"e1:9093", "e2:9093"}, MaxInFlight: 10000, ClientID: "env-relay", Version: "2.1.0",
 		Compression: "lz4", FlushMessages: 7, FlushBytes: 4096, FlushFrequency: 20 * time.Millisecond, MaxMessageBytes: 524288,
-		TLS:  sink.KafkaTLS{InsecureSkipVerify: true},
-		SASL: sink.KafkaSASL{Mechanism: "plain", User: "envuser", Password: "env-pw-123"},
+		TLS:  kafka.TLS{InsecureSkipVerify: true},
+		SASL: kafka.SASL{Mechanism: "plain", User: "envuser", Password: "env-pw-123"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("environment:\n got %+v\nwant %+v", got, want)
@@ -189,7 +189,7 @@ func TestKafkaSASLPlainWithoutTLSNeedsTheFlag(t *testing.T) {
 }
 
 func TestKafkaRejectionIsAConfigProblem(t *testing.T) {
-	err := fmt.Errorf("connecting the publisher: %w", &sink.RejectedError{Kind: sink.ErrAuth, Err: errors.New("EOF")})
+	err := fmt.Errorf("connecting the publisher: %w", &kafka.RejectedError{Kind: kafka.ErrAuth, Err: errors.New("EOF")})
 	if !isUsage(err) {
 		t.Fatal("a rejected SASL login would not exit with code 2")
 	}
