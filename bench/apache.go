@@ -233,7 +233,7 @@ func (a *apache) startCoordinators(ctx context.Context) error {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("Apache Kafka has no coordinator of type %d after a minute (%v)", kind, err)
+				return fmt.Errorf("no coordinator of type %d on Apache Kafka after a minute (%v)", kind, err)
 			}
 			select {
 			case <-ctx.Done():
