@@ -56,10 +56,14 @@ kafka-jars:
 debezium-jars:
 	@bash bench/debezium/fetch.sh
 
+# gofmt, go vet, staticcheck and go mod tidy -diff. scripts/staticcheck.sh
+# installs staticcheck at its pinned version into Go's bin directory the
+# first time (or when another version is there), so lint needs no setup.
 lint:
 	@out=$$(gofmt -l .); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GO=$(GO) bash scripts/staticcheck.sh ./...
 	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1; }
 
 # The commit for `outbox-relay version`, where Go cannot read it itself.
