@@ -30,7 +30,7 @@ test: setup
 
 # The PostgreSQL versions the relay is tested on: 15 is Debian's, the others
 # come from scripts/fetch-postgres.sh. `make test` runs everything on the
-# system's version and PG_NEWEST_TESTS (about 1.5 minutes) on the newest;
+# system's version and PG_NEWEST_TESTS (a short subset) on the newest;
 # test-pg-matrix runs PG_CORE_TESTS (the end-to-end test and the core
 # fault tests) on each. The failover tests pick 17 and 18 themselves.
 PG_VERSIONS ?= 15 16 17 18
@@ -64,11 +64,15 @@ kafka-jars:
 debezium-jars:
 	@bash bench/debezium/fetch.sh
 
-# gofmt walks every module's files; vet and tidy run in each module.
+# gofmt walks every module's files; vet, staticcheck and tidy run in each
+# module (staticcheck in the root one). scripts/staticcheck.sh installs
+# staticcheck at its pinned version into Go's bin directory the first time
+# (or when another version is there), so lint needs no setup.
 lint:
 	@out=$$(gofmt -l .); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GO=$(GO) bash scripts/staticcheck.sh ./...
 	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1; }
 	@set -e; for m in $(LIB_MODULES); do \
 		echo "(cd $$m && $(GO) vet ./...)"; \
@@ -91,15 +95,15 @@ demo: build
 # leaves it out), each in its own process; writes bench/results/RESULTS.md
 # and the charts drain.png and latency.png, with Debezium and wal-listener
 # beside the relay (make debezium-jars) and the make compat-debezium check.
-# BENCH_FLAGS=--quick for a ~2 minute look; `go run ./bench -h`
-# lists the rest.
+# BENCH_FLAGS=--quick for a short look (fewer events, shorter runs);
+# `go run ./bench -h` lists the rest.
 BENCH_FLAGS ?=
 bench: kafka-jars debezium-jars
 	$(GO) run ./bench $(BENCH_FLAGS)
 
 # The drop-in check alone: Debezium's outbox EventRouter at its defaults
 # and the relay with --compat debezium over the same rows, compared record
-# by record (bench/compat.go); about a minute.
+# by record (bench/compat.go).
 compat-debezium: kafka-jars debezium-jars
 	$(GO) run ./bench --compat-only --out bench/results --tmp bench/tmp
 

@@ -104,8 +104,9 @@ func (e *env) startApache(ctx context.Context) (*apache, error) {
 	if err := a.startCoordinators(ctx); err != nil {
 		return nil, err
 	}
-	// Measured: after 10s of paced records the C2 compiler still took
-	// about a core for the next 10s; after 30s it was quiet.
+	// The paced part lasts until the JVM's C2 compiler has gone quiet; the
+	// shorter one of --quick leaves it compiling, and taking CPU, into the
+	// first measurement.
 	a.WarmupRecords, a.WarmupPaced = min(e.o.events, 200_000), 30*time.Second
 	if e.o.quick {
 		a.WarmupPaced = 10 * time.Second
@@ -233,7 +234,7 @@ func (a *apache) startCoordinators(ctx context.Context) error {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("Apache Kafka has no coordinator of type %d after a minute (%v)", kind, err)
+				return fmt.Errorf("no coordinator of type %d on Apache Kafka after a minute (%v)", kind, err)
 			}
 			select {
 			case <-ctx.Done():

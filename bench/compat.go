@@ -142,7 +142,7 @@ FROM generate_series(1, $1) AS g`, bulk); err != nil {
 	}
 	dbzRecs, err := readRecords(ctx, e.ak.addr, topics, compatRows, 3*time.Minute)
 	if err != nil {
-		return fail(fmt.Errorf("Debezium's records: %w", err))
+		return fail(fmt.Errorf("reading Debezium's records: %w", err))
 	}
 	r.Debezium = len(dbzRecs)
 	dbz.stop(30 * time.Second)

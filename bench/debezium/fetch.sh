@@ -3,7 +3,7 @@
 # bench/debezium/pom.xml) into
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/outbox-relay/debezium/<debezium>-connect-<connect>/
 # for the benchmark's Debezium rows and `make compat-debezium`
-# (bench/debezium.go reads the same directory). Needs Java 17+ and Maven.
+# (bench/peers.go reads the same directory). Needs Java 17+ and Maven.
 # Idempotent: a complete cache is left alone. OUTBOX_RELAY_DEBEZIUM_LIBS
 # names another directory instead (the bench reads the same variable).
 set -euo pipefail

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/urfave/cli/v2"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // composeFile is the part of docker/compose.yaml the checks read.

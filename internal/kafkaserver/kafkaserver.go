@@ -404,7 +404,7 @@ func Tools() (java, libs string, err error) {
 	}
 	java, err = exec.LookPath(java)
 	if err != nil {
-		return "", "", fmt.Errorf("Apache Kafka needs Java 17 or later, and %v; install it "+
+		return "", "", fmt.Errorf("running Apache Kafka needs Java 17 or later, and %v; install it "+
 			"(Debian: apt-get install openjdk-17-jre-headless; .ci/run does) or set JAVA_HOME", err)
 	}
 	libs, err = LibDir()
