@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/outbox-relay/outbox-relay/checkpoint"
 	"github.com/outbox-relay/outbox-relay/decoder"
 	"github.com/outbox-relay/outbox-relay/internal/pgtest"
 	"github.com/outbox-relay/outbox-relay/replication"
@@ -504,5 +505,58 @@ func TestStandbyNeverConnectsAPublisher(t *testing.T) {
 	}
 	if n := len(logs.find("standby: slot is in use")); n != 1 {
 		t.Fatalf("the standby said it waits %d times, want once", n)
+	}
+}
+
+// countingObserver counts what the background tasks report.
+type countingObserver struct {
+	nopObserver
+	heartbeats   atomic.Int32
+	pruned       atomic.Int32
+	deadLettered atomic.Int32
+}
+
+func (o *countingObserver) HeartbeatSent()     { o.heartbeats.Add(1) }
+func (o *countingObserver) RowsPruned(n int)   { o.pruned.Add(int32(n)) }
+func (o *countingObserver) EventDeadLettered() { o.deadLettered.Add(1) }
+
+// While a session streams, its dead-letter queue, heartbeat and pruner
+// run beside the pipeline.
+func TestStreamRunsTheBackgroundTasks(t *testing.T) {
+	db := pgtest.New(t)
+	createOutbox(t, db)
+	insertOld(t, db, 2)
+	obs := &countingObserver{}
+	cfg := testConfig(db.URL)
+	cfg.Observer, cfg.HeartbeatInterval, cfg.PruneAfter = obs, 5*time.Millisecond, time.Hour
+	r, _ := newTestRelay(t, cfg, nil)
+	pub := newFakePublisher(false)
+	p := newTestPipeline(t, pub)
+	p.obs = obs
+	p.tracker = checkpoint.New(walPosition(t, db) + 1<<30) // all rows written so far are confirmed
+	p.deadLetters = &deadLetters{pub: pub, topic: "dlq", limit: 64 << 10, slot: "s", tracker: p.tracker, obs: obs,
+		log: p.log, release: p.budget.release, sent: &deadLettered{}, signal: make(chan struct{}, 1)}
+
+	rd := &reader{msgs: make(chan []replication.Message, 4), finished: make(chan struct{}), cancel: func() {}}
+	clock := newStopClock(t.Context(), time.Second)
+	defer clock.close()
+	done := make(chan error, 1)
+	go func() { done <- r.stream(t.Context(), p, rd, clock) }()
+	var w wal
+	m, _ := w.txn(pgInsert("e1", "a1", `{}`, `{}`))
+	rd.msgs <- append([]replication.Message{{WALStart: 1, Data: pgRelation()}}, m...)
+	pub.waitN(t, 1)[0].ack(rejected{"record too large"})
+	pub.waitN(t, 2)[1].ack(nil) // the dead letter, published by the queue
+	eventually(t, "a dead letter, heartbeats and pruned rows", func() bool {
+		return obs.deadLettered.Load() == 1 && obs.heartbeats.Load() >= 2 && obs.pruned.Load() == 2
+	})
+	close(rd.finished)
+	select {
+	case err := <-done:
+		if causeOf(err) != CauseReplication {
+			t.Fatalf("stream = %v, want the reader's end", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("stream did not return after the reader ended")
 	}
 }
