@@ -89,22 +89,9 @@ func (p *pipeline) idleSince() bool {
 // publish fails for good, or the stop's deadline passes (expired). The
 // caller drains the publisher afterwards.
 func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, readerDone <-chan struct{}, expired <-chan struct{}) error {
-	pubCtx, failPublishing := p.pubCtx, p.failPublishing
-	// A Publish blocked at the in-flight cap (a broker that answers
-	// nothing) must not outlast the stop's deadline: end it from here.
-	// (Deferred calls run last first: pubCtx ends, then the watch.)
-	var watch sync.WaitGroup
-	defer watch.Wait()
-	defer failPublishing(nil)
-	watch.Add(1)
-	go func() {
-		defer watch.Done()
-		select {
-		case <-expired:
-			failPublishing(errShutdownTimeout)
-		case <-pubCtx.Done():
-		}
-	}()
+	pubCtx := p.pubCtx
+	stopWatch := p.endPublishingAt(expired)
+	defer stopWatch()
 
 	stopping := ctx.Done()
 	var progressTick <-chan time.Time
@@ -143,23 +130,53 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, r
 			p.readerFailed = true
 			return errors.New("replication stream ended")
 		case batch := <-msgs:
-			for _, m := range batch {
-				if err := p.handle(pubCtx, m); err != nil {
-					if cause := context.Cause(pubCtx); cause != nil {
-						return cause
-					}
-					return err
-				}
-				if ctx.Err() != nil && !p.inTxn {
-					// A graceful stop reached a transaction boundary; the rest
-					// of the batch is not confirmed and streams again later.
-					return nil
-				}
+			if done, err := p.handleBatch(ctx, pubCtx, batch); done {
+				return err
 			}
-			// The decoder copies what it keeps: the batch can be reused.
-			replication.Release(batch)
 		}
 	}
+}
+
+// endPublishingAt ends publishing (pubCtx) with errShutdownTimeout when
+// expired closes: a Publish blocked at the in-flight cap (a broker that
+// answers nothing) must not outlast the stop's deadline. stop ends
+// publishing and waits for the watch.
+func (p *pipeline) endPublishingAt(expired <-chan struct{}) (stop func()) {
+	pubCtx, failPublishing := p.pubCtx, p.failPublishing
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		select {
+		case <-expired:
+			failPublishing(errShutdownTimeout)
+		case <-pubCtx.Done():
+		}
+	})
+	return func() {
+		failPublishing(nil)
+		watch.Wait()
+	}
+}
+
+// handleBatch handles a batch from the reader, message by message. It is
+// done when a message failed (with the cause publishing ended with, if
+// any, which says more) or when a graceful stop reached a transaction
+// boundary: the rest of the batch is not confirmed and streams again
+// later.
+func (p *pipeline) handleBatch(ctx, pubCtx context.Context, batch []replication.Message) (done bool, err error) {
+	for _, m := range batch {
+		if err := p.handle(pubCtx, m); err != nil {
+			if cause := context.Cause(pubCtx); cause != nil {
+				return true, cause
+			}
+			return true, err
+		}
+		if ctx.Err() != nil && !p.inTxn {
+			return true, nil // a graceful stop at a transaction boundary
+		}
+	}
+	// The decoder copies what it keeps: the batch can be reused.
+	replication.Release(batch)
+	return false, nil
 }
 
 func (p *pipeline) handle(ctx context.Context, m replication.Message) error {

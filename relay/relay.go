@@ -381,26 +381,8 @@ func (r *Relay) checkServer(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	defer conn.Close(context.Background())
 
-	if err := slot.Preflight(ctx, conn, r.cfg.Slot); err != nil {
-		return 0, fatal(err)
-	}
-	// A column the flags need and the table lacks would stop the stream at
-	// the first row; say so now, with the flag that fixes it.
-	if err := slot.CheckColumns(ctx, conn, r.cfg.Slot, r.cfg.Decoder.NeededColumns()); err != nil {
-		var problem *slot.Problem
-		if errors.As(err, &problem) {
-			return 0, fatal(err)
-		}
+	if err := r.checkTable(ctx, conn); err != nil {
 		return 0, err
-	}
-	if r.cfg.PruneAfter > 0 {
-		if err := checkPrune(ctx, conn, r.cfg); err != nil {
-			var problem *slot.Problem
-			if errors.As(err, &problem) {
-				return 0, fatal(err)
-			}
-			return 0, err
-		}
 	}
 	info, ok, err := slot.Get(ctx, conn, r.cfg.Slot.Slot)
 	if err != nil {
@@ -410,32 +392,8 @@ func (r *Relay) checkServer(ctx context.Context) (pglogrepl.LSN, error) {
 	if err := r.checkFollowed(ctx, conn, info, ok); err != nil {
 		return 0, err
 	}
-	if !ok {
-		if err := r.checkNewSlot(ctx, conn); err != nil {
-			return 0, err
-		}
-		if !r.cfg.CreateSlot {
-			return 0, fatal(&slot.Problem{
-				What: fmt.Sprintf("replication slot %s does not exist", r.cfg.Slot.Slot),
-				Fix:  "create it with `outbox-relay slot create` or run with --create-slot",
-			})
-		}
-	}
-	if r.cfg.CreateSlot {
-		created, err := slot.Ensure(ctx, conn, r.cfg.Slot)
-		if err != nil {
-			return 0, fatal(err)
-		}
-		if created {
-			r.log.Info("created publication and slot", "slot", r.cfg.Slot.Slot, "publication", r.cfg.Slot.Publication, "table", r.cfg.Slot.Table)
-		}
-		info, ok, err = slot.Get(ctx, conn, r.cfg.Slot.Slot)
-		if err != nil {
-			return 0, err
-		}
-		if !ok {
-			return 0, fmt.Errorf("replication slot %s missing right after creating it", r.cfg.Slot.Slot)
-		}
+	if info, err = r.ensureSlot(ctx, conn, info, ok); err != nil {
+		return 0, err
 	}
 	if info.WALStatus == "lost" {
 		return 0, fatal(slot.LostError(r.cfg.Slot.Slot, info.InvalidationReason))
@@ -444,6 +402,68 @@ func (r *Relay) checkServer(ctx context.Context) (pglogrepl.LSN, error) {
 		return 0, fmt.Errorf("replication slot %s has no confirmed position yet", r.cfg.Slot.Slot)
 	}
 	return info.ConfirmedFlush, nil
+}
+
+// checkTable checks the server's settings and the outbox table for what
+// the flags need; what the operator must fix is fatal.
+func (r *Relay) checkTable(ctx context.Context, conn *pgx.Conn) error {
+	if err := slot.Preflight(ctx, conn, r.cfg.Slot); err != nil {
+		return fatal(err)
+	}
+	// A column the flags need and the table lacks would stop the stream at
+	// the first row; say so now, with the flag that fixes it.
+	if err := slot.CheckColumns(ctx, conn, r.cfg.Slot, r.cfg.Decoder.NeededColumns()); err != nil {
+		var problem *slot.Problem
+		if errors.As(err, &problem) {
+			return fatal(err)
+		}
+		return err
+	}
+	if r.cfg.PruneAfter > 0 {
+		if err := checkPrune(ctx, conn, r.cfg); err != nil {
+			var problem *slot.Problem
+			if errors.As(err, &problem) {
+				return fatal(err)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureSlot creates the publication and slot with CreateSlot, and
+// returns the slot as it is then; info and ok are the slot as found. A
+// missing slot without CreateSlot is fatal.
+func (r *Relay) ensureSlot(ctx context.Context, conn *pgx.Conn, info slot.Info, ok bool) (slot.Info, error) {
+	if !ok {
+		if err := r.checkNewSlot(ctx, conn); err != nil {
+			return info, err
+		}
+		if !r.cfg.CreateSlot {
+			return info, fatal(&slot.Problem{
+				What: fmt.Sprintf("replication slot %s does not exist", r.cfg.Slot.Slot),
+				Fix:  "create it with `outbox-relay slot create` or run with --create-slot",
+			})
+		}
+	}
+	if !r.cfg.CreateSlot {
+		return info, nil
+	}
+	created, err := slot.Ensure(ctx, conn, r.cfg.Slot)
+	if err != nil {
+		return info, fatal(err)
+	}
+	if created {
+		r.log.Info("created publication and slot", "slot", r.cfg.Slot.Slot, "publication", r.cfg.Slot.Publication, "table", r.cfg.Slot.Table)
+	}
+	info, ok, err = slot.Get(ctx, conn, r.cfg.Slot.Slot)
+	if err != nil {
+		return info, err
+	}
+	if !ok {
+		return info, fmt.Errorf("replication slot %s missing right after creating it", r.cfg.Slot.Slot)
+	}
+	return info, nil
 }
 
 func connectAdmin(ctx context.Context, connString string) (*pgx.Conn, error) {

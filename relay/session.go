@@ -23,7 +23,8 @@ var ErrIncompleteStop = errors.New("stopped with events not confirmed")
 
 // session runs one replication session, one step after the other: check
 // the server and find where to resume (prepare), take the slot, start the
-// publisher, stream; then drain the publisher, confirm what is safe and
+// reader and the publisher, build the pipeline between them, stream; then
+// drain the publisher, stop the reader (which confirms what is safe) and
 // close. Taking the slot comes before the publisher, so a standby that
 // finds the slot held never builds a producer.
 func (r *Relay) session(ctx context.Context) error {
@@ -66,9 +67,15 @@ func (r *Relay) session(ctx context.Context) error {
 	if p.eos != nil {
 		runErr = r.endTransactions(p, clock, runErr)
 	}
+	runErr = r.stopStreaming(ctx, pub, rd, p, clock, runErr)
+	return r.sessionStopped(ctx, p, stream.Confirmed(), runErr)
+}
 
-	// Phase two: drain the publisher (abort it if it cannot drain in
-	// time), then confirm what is safe and close.
+// stopStreaming is a stop's phase two, once the pipeline returned: drain
+// the publisher (abort it if it cannot drain in time), then stop the
+// reader, which sends the final status update. The reader's error becomes
+// the session's when nothing else ended it, and is logged otherwise.
+func (r *Relay) stopStreaming(ctx context.Context, pub Publisher, rd *reader, p *pipeline, clock *stopClock, runErr error) error {
 	deadline := clock.drainDeadline()
 	if ctx.Err() == nil {
 		deadline = time.Now().Add(r.cfg.ShutdownTimeout)
@@ -77,12 +84,17 @@ func (r *Relay) session(ctx context.Context) error {
 	readerErr := rd.stop(max(time.Until(clock.deadline()), finalStatusWait))
 	if readerErr != nil && !p.readerFailed {
 		if runErr == nil {
-			runErr = withCause(CauseReplication, readerErr)
-		} else {
-			r.log.Warn("replication stream", "slot", r.cfg.Slot.Slot, "err", readerErr)
+			return withCause(CauseReplication, readerErr)
 		}
+		r.log.Warn("replication stream", "slot", r.cfg.Slot.Slot, "err", readerErr)
 	}
-	confirmed := stream.Confirmed()
+	return runErr
+}
+
+// sessionStopped records and logs the position the session confirmed. A
+// stop (ctx ended) that leaves published events unconfirmed ends Run with
+// ErrIncompleteStop, saying how many will be sent again.
+func (r *Relay) sessionStopped(ctx context.Context, p *pipeline, confirmed pglogrepl.LSN, runErr error) error {
 	r.primary.sessionEnded(confirmed)
 	r.log.Info("session stopped", "slot", r.cfg.Slot.Slot, "confirmed", confirmed)
 	if ctx.Err() != nil {
@@ -207,50 +219,8 @@ func (r *Relay) newPipeline(stream *replication.Stream, pub Publisher, tracker *
 // letters, heartbeats, pruning), until it ends; it returns why.
 func (r *Relay) stream(ctx context.Context, p *pipeline, rd *reader, clock *stopClock) error {
 	r.obs.StateChanged(StateStreaming, "", nil)
-	var bg sync.WaitGroup
-	bgCtx, stopBackground := context.WithCancel(context.Background())
-	defer func() {
-		stopBackground()
-		bg.Wait()
-	}()
-	if p.deadLetters != nil {
-		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			p.deadLetters.run(bgCtx, p.fail)
-		}()
-	}
-	hb := &heartbeat{
-		connString: r.cfg.ConnString,
-		interval:   r.cfg.HeartbeatInterval,
-		prefix:     r.cfg.Decoder.HeartbeatPrefix,
-		log:        r.log,
-		idle:       p.idleSince,
-		sent:       r.obs.HeartbeatSent,
-	}
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
-		hb.run(bgCtx)
-	}()
-	if r.cfg.PruneAfter > 0 {
-		pr := &pruner{
-			connString: r.cfg.ConnString,
-			table:      tableIdent(r.cfg.Slot),
-			idColumn:   columnsOf(r.cfg.Decoder).ID,
-			ageColumn:  columnsOf(r.cfg.Decoder).CreatedAt,
-			after:      r.cfg.PruneAfter,
-			interval:   pruneInterval(r.cfg.PruneAfter),
-			confirmed:  p.tracker.Safe,
-			log:        r.log,
-			pruned:     r.obs.RowsPruned,
-		}
-		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			pr.run(bgCtx)
-		}()
-	}
+	stopBackground := r.startBackground(p)
+	defer stopBackground()
 	err := p.run(ctx, rd.msgs, rd.finished, clock.expired)
 	if p.readerFailed {
 		if rd.err == nil {
@@ -259,6 +229,57 @@ func (r *Relay) stream(ctx context.Context, p *pipeline, rd *reader, clock *stop
 		return withCause(CauseReplication, rd.err)
 	}
 	return withCause(CauseSink, err)
+}
+
+// startBackground starts the tasks that run beside p: the dead-letter
+// queue (with OnErrorDeadLetter), heartbeats, and pruning (with
+// PruneAfter). They outlive the session's ctx, as the pipeline does, until
+// stop, which waits for them to end.
+func (r *Relay) startBackground(p *pipeline) (stop func()) {
+	var bg sync.WaitGroup
+	ctx, cancel := context.WithCancel(context.Background())
+	if p.deadLetters != nil {
+		bg.Go(func() { p.deadLetters.run(ctx, p.fail) })
+	}
+	hb := r.newHeartbeat(p.idleSince)
+	bg.Go(func() { hb.run(ctx) })
+	if r.cfg.PruneAfter > 0 {
+		pr := r.newPruner(p.tracker.Safe)
+		bg.Go(func() { pr.run(ctx) })
+	}
+	return func() {
+		cancel()
+		bg.Wait()
+	}
+}
+
+// newHeartbeat is the session's heartbeat; idle says whether the pipeline
+// published nothing since it last asked.
+func (r *Relay) newHeartbeat(idle func() bool) *heartbeat {
+	return &heartbeat{
+		connString: r.cfg.ConnString,
+		interval:   r.cfg.HeartbeatInterval,
+		prefix:     r.cfg.Decoder.HeartbeatPrefix,
+		log:        r.log,
+		idle:       idle,
+		sent:       r.obs.HeartbeatSent,
+	}
+}
+
+// newPruner is the session's pruner; confirmed is the checkpoint's safe
+// position.
+func (r *Relay) newPruner(confirmed func() pglogrepl.LSN) *pruner {
+	return &pruner{
+		connString: r.cfg.ConnString,
+		table:      tableIdent(r.cfg.Slot),
+		idColumn:   columnsOf(r.cfg.Decoder).ID,
+		ageColumn:  columnsOf(r.cfg.Decoder).CreatedAt,
+		after:      r.cfg.PruneAfter,
+		interval:   pruneInterval(r.cfg.PruneAfter),
+		confirmed:  confirmed,
+		log:        r.log,
+		pruned:     r.obs.RowsPruned,
+	}
 }
 
 // drain closes pub, waiting for every ack until deadline; a publisher

@@ -343,232 +343,375 @@ const holdMax = time.Millisecond
 // when ctx ends, so a blocked pipeline never makes the walsender time out.
 // Run returns nil when ctx ended and the final status update was sent.
 func (s *Stream) Run(ctx context.Context, out chan<- []Message, safe func() pglogrepl.LSN) error {
-	interval := s.cfg.StatusInterval
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-	now := time.Now()
-	lastHeard := now
-	nextStatus := now.Add(interval)
-
-	// Messages go to the pipeline in batches: one hand-off (and one wake-up
-	// of the pipeline goroutine) per burst the server sent, not per message.
-	// A batch is handed off once the connection's read buffer is empty, so
-	// nothing already received waits for the network, and it ends a
-	// transaction. The walsender writes every message (begin, each change,
-	// commit, the keepalive it sends before it waits for WAL) with a send of
-	// its own, so at low rates they arrive one by one: handing off each
-	// would wake the pipeline four times per transaction. A transaction
-	// still open, or keepalives alone, are held for at most holdMax.
-	batch := newBatch()
-	var (
-		holdUntil  time.Time     // when the held batch is handed off anyway
-		inTxn      bool          // the last XLogData was inside a transaction
-		hasData    bool          // batch holds XLogData, not only keepalives
-		batchBytes int           // WAL data in batch
-		confirmAt  time.Time     // when to look at the safe position; zero: not armed
-		lastEnd    pglogrepl.LSN // end LSN of the newest commit received
-	)
-	soon := min(confirmSoon, interval)
-	co := newCoalescer(s.conn.Conn(), s.cfg.Coalesce)
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		if hasData {
-			waited, err := s.handOff(ctx, out, batch, ticker.C, safe)
-			if err != nil {
-				return err
-			}
-			if waited {
-				// The server was not read while the pipeline was blocked:
-				// that silence was ours, and says nothing about the
-				// connection. Measure it again from now.
-				lastHeard = time.Now()
-			}
-			co.handedOff(now)
-			if confirmAt.IsZero() {
-				confirmAt = now.Add(soon)
-			}
-		} else {
-			// Keepalives are only offered: a busy pipeline does not need
-			// them, and the next one supersedes them.
-			select {
-			case out <- batch:
-			default:
-				batch = batch[:0]
-				return nil
-			}
-		}
-		batch, hasData, batchBytes = newBatch(), false, 0
-		return nil
-	}
+	rd := s.newReading(ctx, out, safe)
+	defer rd.ticker.Stop()
 
 	// The read deadline is set on the connection, not through a context
 	// per message (a context.AfterFunc and a channel per read); it is
 	// changed only when the next status update, the hold or the coalescing
 	// period moves it.
-	nc := s.conn.Conn()
-	var deadline time.Time
-	defer nc.SetReadDeadline(time.Time{})
-	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Unix(1, 0)) })
+	defer rd.nc.SetReadDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { rd.nc.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	defer co.off()
+	defer rd.co.off()
 
 	for {
-		if ctx.Err() != nil {
+		err := rd.step()
+		if errors.Is(err, errStopping) {
 			return s.finish(safe())
 		}
-		if !now.Before(nextStatus) {
-			// Ask for a reply when the server has been quiet, so silence
-			// means a dead connection rather than an idle database.
-			quiet := now.Sub(lastHeard) >= interval
-			if err := s.sendStatus(safe(), quiet); err != nil {
-				return err
-			}
-			nextStatus = now.Add(interval)
-		}
-		if !confirmAt.IsZero() && !now.Before(confirmAt) {
-			lsn := safe()
-			if lsn > pglogrepl.LSN(s.lastSent.Load()) {
-				if err := s.sendStatus(lsn, false); err != nil {
-					return err
-				}
-			}
-			confirmAt = time.Time{}
-			if lsn < lastEnd {
-				confirmAt = now.Add(soon) // more to confirm: look again
-			}
-		}
-		if silent := now.Sub(lastHeard); silent > s.cfg.ReceiveTimeout {
-			return fmt.Errorf("no message from the server for %s (receive timeout %s): connection presumed dead", silent.Round(time.Second), s.cfg.ReceiveTimeout)
-		}
-		if len(batch) > 0 && !now.Before(holdUntil) {
-			if err := flush(); err != nil {
-				return err
-			}
-			now = time.Now() // handOff may have waited for the pipeline
-			continue
-		}
-		co.tick(now)
-		next := co.deadline(nextStatus)
-		if !confirmAt.IsZero() && confirmAt.Before(next) {
-			next = confirmAt
-		}
-		if len(batch) > 0 && holdUntil.Before(next) {
-			next = holdUntil
-		}
-		if !next.Equal(deadline) {
-			deadline = next
-			nc.SetReadDeadline(next)
-			if ctx.Err() != nil {
-				// ctx ended before the deadline was set: the AfterFunc's
-				// interruption may have been overwritten.
-				return s.finish(safe())
-			}
-		}
-
-		raw, err := s.conn.ReceiveMessage(context.Background())
-		now = time.Now()
 		if err != nil {
-			if ctx.Err() != nil && !s.conn.IsClosed() {
-				// Told to stop: the read was interrupted, the connection is
-				// intact, so confirm what is safe before closing.
-				return s.finish(safe())
-			}
-			if pgconn.Timeout(err) && !s.conn.IsClosed() {
-				continue // status timer, hold, coalescing or ctx: all handled at the top
-			}
-			return fmt.Errorf("receiving from slot %s: %w", s.cfg.Slot, err)
-		}
-		lastHeard = now
-		co.heard = true
-
-		switch msg := raw.(type) {
-		case *pgproto3.CopyData:
-			if len(msg.Data) == 0 {
-				continue
-			}
-			switch msg.Data[0] {
-			case pglogrepl.PrimaryKeepaliveMessageByteID:
-				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
-				if err != nil {
-					return fmt.Errorf("parsing keepalive on slot %s: %w", s.cfg.Slot, err)
-				}
-				raise(&s.walEnd, ka.ServerWALEnd)
-				// Offer the keepalive to the pipeline after what came before
-				// it: if nothing is in flight it may move the safe position to
-				// the WAL end. A newer keepalive replaces an older one.
-				keepalive := Message{ServerWALEnd: ka.ServerWALEnd, ReceivedAt: now}
-				switch {
-				case len(batch) == 0:
-					batch = append(batch, keepalive)
-					holdUntil = now.Add(holdMax)
-				case batch[len(batch)-1].Data == nil:
-					batch[len(batch)-1] = keepalive
-				default:
-					batch = append(batch, keepalive)
-				}
-				if len(batch) >= maxBatch || hasData && !inTxn && s.conn.Frontend().ReadBufferLen() == 0 {
-					if err := flush(); err != nil {
-						return err
-					}
-				}
-				if ka.ReplyRequested {
-					if err := s.sendStatus(safe(), false); err != nil {
-						return err
-					}
-					nextStatus = time.Now().Add(interval)
-				}
-			case pglogrepl.XLogDataByteID:
-				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
-				if err != nil {
-					return fmt.Errorf("parsing XLogData on slot %s: %w", s.cfg.Slot, err)
-				}
-				raise(&s.received, xld.WALStart+pglogrepl.LSN(len(xld.WALData)))
-				raise(&s.walEnd, xld.ServerWALEnd)
-				if len(xld.WALData) > 0 {
-					// pgoutput's Begin and Commit: only the batching needs
-					// to know where a transaction ends.
-					switch xld.WALData[0] {
-					case 'B':
-						inTxn = true
-					case 'C':
-						inTxn = false
-						// Commit: flags, commit LSN, end LSN, timestamp.
-						if len(xld.WALData) >= 18 {
-							lastEnd = pglogrepl.LSN(binary.BigEndian.Uint64(xld.WALData[10:18]))
-						}
-					}
-				}
-				// The receive buffer is reused by the next read: copy.
-				m := Message{
-					WALStart:     xld.WALStart,
-					ServerWALEnd: xld.ServerWALEnd,
-					Data:         append([]byte(nil), xld.WALData...),
-					ReceivedAt:   now,
-				}
-				if len(batch) == 0 {
-					holdUntil = now.Add(holdMax)
-				}
-				batch, hasData = append(batch, m), true
-				batchBytes += len(m.Data)
-				if len(batch) >= maxBatch || batchBytes >= maxBatchBytes || !inTxn && s.conn.Frontend().ReadBufferLen() == 0 {
-					if err := flush(); err != nil {
-						return err
-					}
-				}
-				if ctx.Err() != nil {
-					return s.finish(safe())
-				}
-			}
-		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("slot %s: %w", s.cfg.Slot, pgconn.ErrorResponseToPgError(msg))
-		case *pgproto3.CopyDone:
-			return fmt.Errorf("server ended replication on slot %s", s.cfg.Slot)
-		default:
-			// NoticeResponse, ParameterStatus: nothing to do.
+			return err
 		}
 	}
+}
+
+// errStopping tells Run that ctx ended with the connection intact: it
+// sends the final status update and returns nil. It never leaves Run.
+var errStopping = errors.New("replication: stopping")
+
+// reading is the state of one Run, used only by its goroutine: the batch
+// gathered for the pipeline, the times of the next status update and
+// confirmation, and the read deadline.
+//
+// Messages go to the pipeline in batches: one hand-off (and one wake-up
+// of the pipeline goroutine) per burst the server sent, not per message.
+// A batch is handed off once the connection's read buffer is empty, so
+// nothing already received waits for the network, and it ends a
+// transaction. The walsender writes every message (begin, each change,
+// commit, the keepalive it sends before it waits for WAL) with a send of
+// its own, so at low rates they arrive one by one: handing off each
+// would wake the pipeline four times per transaction. A transaction
+// still open, or keepalives alone, are held for at most holdMax.
+type reading struct {
+	s        *Stream
+	ctx      context.Context
+	out      chan<- []Message
+	safe     func() pglogrepl.LSN
+	interval time.Duration // between status updates
+	ticker   *time.Ticker  // status updates while a hand-off waits
+	soon     time.Duration // confirmSoon, at most interval
+	co       *coalescer
+	nc       net.Conn
+	// buffered is how many bytes the connection has read and not yet
+	// parsed: zero means nothing received waits behind the batch.
+	buffered func() int
+
+	now        time.Time // when the last read returned
+	lastHeard  time.Time
+	nextStatus time.Time
+	deadline   time.Time // the read deadline set on nc
+
+	batch      []Message
+	holdUntil  time.Time     // when the held batch is handed off anyway
+	inTxn      bool          // the last XLogData was inside a transaction
+	hasData    bool          // batch holds XLogData, not only keepalives
+	batchBytes int           // WAL data in batch
+	confirmAt  time.Time     // when to look at the safe position; zero: not armed
+	lastEnd    pglogrepl.LSN // end LSN of the newest commit received
+}
+
+func (s *Stream) newReading(ctx context.Context, out chan<- []Message, safe func() pglogrepl.LSN) *reading {
+	interval := s.cfg.StatusInterval
+	now := time.Now()
+	return &reading{
+		s: s, ctx: ctx, out: out, safe: safe,
+		interval:   interval,
+		ticker:     time.NewTicker(interval),
+		soon:       min(confirmSoon, interval),
+		co:         newCoalescer(s.conn.Conn(), s.cfg.Coalesce),
+		nc:         s.conn.Conn(),
+		buffered:   s.conn.Frontend().ReadBufferLen,
+		now:        now,
+		lastHeard:  now,
+		nextStatus: now.Add(interval),
+		batch:      newBatch(),
+	}
+}
+
+// step is one turn of Run: the status update and confirmation that are
+// due, then either the hand-off of a batch held long enough or one message
+// read and taken in. errStopping means ctx ended.
+func (r *reading) step() error {
+	if r.ctx.Err() != nil {
+		return errStopping
+	}
+	if err := r.sendDueStatus(); err != nil {
+		return err
+	}
+	if err := r.confirmIfMoved(); err != nil {
+		return err
+	}
+	if err := r.checkSilence(); err != nil {
+		return err
+	}
+	if len(r.batch) > 0 && !r.now.Before(r.holdUntil) {
+		if err := r.flush(); err != nil {
+			return err
+		}
+		r.now = time.Now() // handOff may have waited for the pipeline
+		return nil
+	}
+	if err := r.setReadDeadline(); err != nil {
+		return err
+	}
+	raw, err := r.receive()
+	if err != nil || raw == nil {
+		return err
+	}
+	return r.take(raw)
+}
+
+// sendDueStatus sends the status update the interval makes due. It asks
+// for a reply when the server has been quiet, so silence means a dead
+// connection rather than an idle database.
+func (r *reading) sendDueStatus() error {
+	if r.now.Before(r.nextStatus) {
+		return nil
+	}
+	quiet := r.now.Sub(r.lastHeard) >= r.interval
+	if err := r.s.sendStatus(r.safe(), quiet); err != nil {
+		return err
+	}
+	r.nextStatus = r.now.Add(r.interval)
+	return nil
+}
+
+// confirmIfMoved, once confirmAt has come, confirms the safe position if
+// it moved past what was sent, and looks again soon while a commit
+// received is not safe yet.
+func (r *reading) confirmIfMoved() error {
+	if r.confirmAt.IsZero() || r.now.Before(r.confirmAt) {
+		return nil
+	}
+	lsn := r.safe()
+	if lsn > pglogrepl.LSN(r.s.lastSent.Load()) {
+		if err := r.s.sendStatus(lsn, false); err != nil {
+			return err
+		}
+	}
+	r.confirmAt = time.Time{}
+	if lsn < r.lastEnd {
+		r.confirmAt = r.now.Add(r.soon) // more to confirm: look again
+	}
+	return nil
+}
+
+// checkSilence ends a connection the server has not been heard on for
+// longer than the receive timeout.
+func (r *reading) checkSilence() error {
+	if silent := r.now.Sub(r.lastHeard); silent > r.s.cfg.ReceiveTimeout {
+		return fmt.Errorf("no message from the server for %s (receive timeout %s): connection presumed dead", silent.Round(time.Second), r.s.cfg.ReceiveTimeout)
+	}
+	return nil
+}
+
+// setReadDeadline moves the read deadline to nextDeadline, if it changed.
+func (r *reading) setReadDeadline() error {
+	r.co.tick(r.now)
+	next := r.nextDeadline()
+	if next.Equal(r.deadline) {
+		return nil
+	}
+	r.deadline = next
+	r.nc.SetReadDeadline(next)
+	if r.ctx.Err() != nil {
+		// ctx ended before the deadline was set: the AfterFunc's
+		// interruption may have been overwritten.
+		return errStopping
+	}
+	return nil
+}
+
+// nextDeadline is when a read must return without a message: at the next
+// status update, the end of the coalescing period, the next look at the
+// safe position or the end of the hold, whichever comes first.
+func (r *reading) nextDeadline() time.Time {
+	next := r.co.deadline(r.nextStatus)
+	if !r.confirmAt.IsZero() && r.confirmAt.Before(next) {
+		next = r.confirmAt
+	}
+	if len(r.batch) > 0 && r.holdUntil.Before(next) {
+		next = r.holdUntil
+	}
+	return next
+}
+
+// receive reads one message. It returns nil and no error when the read
+// deadline passed first: what it was set for is done by the next step.
+func (r *reading) receive() (pgproto3.BackendMessage, error) {
+	raw, err := r.s.conn.ReceiveMessage(context.Background())
+	r.now = time.Now()
+	if err != nil {
+		if r.ctx.Err() != nil && !r.s.conn.IsClosed() {
+			// Told to stop: the read was interrupted, the connection is
+			// intact, so confirm what is safe before closing.
+			return nil, errStopping
+		}
+		if pgconn.Timeout(err) && !r.s.conn.IsClosed() {
+			return nil, nil // status timer, hold, coalescing or ctx: all handled by the next step
+		}
+		return nil, fmt.Errorf("receiving from slot %s: %w", r.s.cfg.Slot, err)
+	}
+	r.lastHeard = r.now
+	r.co.heard = true
+	return raw, nil
+}
+
+// take handles one message from the server.
+func (r *reading) take(raw pgproto3.BackendMessage) error {
+	switch msg := raw.(type) {
+	case *pgproto3.CopyData:
+		if len(msg.Data) == 0 {
+			return nil
+		}
+		switch msg.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			return r.onKeepalive(msg.Data[1:])
+		case pglogrepl.XLogDataByteID:
+			return r.onXLogData(msg.Data[1:])
+		}
+	case *pgproto3.ErrorResponse:
+		return fmt.Errorf("slot %s: %w", r.s.cfg.Slot, pgconn.ErrorResponseToPgError(msg))
+	case *pgproto3.CopyDone:
+		return fmt.Errorf("server ended replication on slot %s", r.s.cfg.Slot)
+	default:
+		// NoticeResponse, ParameterStatus: nothing to do.
+	}
+	return nil
+}
+
+// onKeepalive takes in a primary keepalive message (without its type
+// byte): it joins the batch, and is answered at once if the server asks.
+func (r *reading) onKeepalive(data []byte) error {
+	ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data)
+	if err != nil {
+		return fmt.Errorf("parsing keepalive on slot %s: %w", r.s.cfg.Slot, err)
+	}
+	raise(&r.s.walEnd, ka.ServerWALEnd)
+	r.addKeepalive(Message{ServerWALEnd: ka.ServerWALEnd, ReceivedAt: r.now})
+	if len(r.batch) >= maxBatch || r.hasData && !r.inTxn && r.buffered() == 0 {
+		if err := r.flush(); err != nil {
+			return err
+		}
+	}
+	if ka.ReplyRequested {
+		if err := r.s.sendStatus(r.safe(), false); err != nil {
+			return err
+		}
+		r.nextStatus = time.Now().Add(r.interval)
+	}
+	return nil
+}
+
+// addKeepalive puts a keepalive in the batch, after what came before it:
+// if nothing is in flight the pipeline may move the safe position to its
+// WAL end. A newer keepalive replaces an older one.
+func (r *reading) addKeepalive(ka Message) {
+	switch {
+	case len(r.batch) == 0:
+		r.batch = append(r.batch, ka)
+		r.holdUntil = r.now.Add(holdMax)
+	case r.batch[len(r.batch)-1].Data == nil:
+		r.batch[len(r.batch)-1] = ka
+	default:
+		r.batch = append(r.batch, ka)
+	}
+}
+
+// onXLogData takes in WAL data (without its type byte): it joins the
+// batch, which is handed off when full, or when a transaction ended and
+// nothing more has arrived.
+func (r *reading) onXLogData(data []byte) error {
+	xld, err := pglogrepl.ParseXLogData(data)
+	if err != nil {
+		return fmt.Errorf("parsing XLogData on slot %s: %w", r.s.cfg.Slot, err)
+	}
+	raise(&r.s.received, xld.WALStart+pglogrepl.LSN(len(xld.WALData)))
+	raise(&r.s.walEnd, xld.ServerWALEnd)
+	r.noteTxn(xld.WALData)
+	// The receive buffer is reused by the next read: copy.
+	full := r.addData(Message{
+		WALStart:     xld.WALStart,
+		ServerWALEnd: xld.ServerWALEnd,
+		Data:         append([]byte(nil), xld.WALData...),
+		ReceivedAt:   r.now,
+	})
+	if full || !r.inTxn && r.buffered() == 0 {
+		if err := r.flush(); err != nil {
+			return err
+		}
+	}
+	if r.ctx.Err() != nil {
+		return errStopping
+	}
+	return nil
+}
+
+// noteTxn follows pgoutput's Begin and Commit: only the batching needs to
+// know where a transaction ends, and confirmIfMoved where the newest
+// commit ends.
+func (r *reading) noteTxn(wal []byte) {
+	if len(wal) == 0 {
+		return
+	}
+	switch wal[0] {
+	case 'B':
+		r.inTxn = true
+	case 'C':
+		r.inTxn = false
+		// Commit: flags, commit LSN, end LSN, timestamp.
+		if len(wal) >= 18 {
+			r.lastEnd = pglogrepl.LSN(binary.BigEndian.Uint64(wal[10:18]))
+		}
+	}
+}
+
+// addData appends WAL data to the batch, to be held for at most holdMax if
+// it starts the batch, and reports whether the batch is full.
+func (r *reading) addData(m Message) (full bool) {
+	if len(r.batch) == 0 {
+		r.holdUntil = r.now.Add(holdMax)
+	}
+	r.batch, r.hasData = append(r.batch, m), true
+	r.batchBytes += len(m.Data)
+	return len(r.batch) >= maxBatch || r.batchBytes >= maxBatchBytes
+}
+
+// flush hands the batch to the pipeline and starts a new one. A batch with
+// WAL data waits for room (handOff) and arms the look at the safe
+// position.
+func (r *reading) flush() error {
+	if len(r.batch) == 0 {
+		return nil
+	}
+	if r.hasData {
+		waited, err := r.s.handOff(r.ctx, r.out, r.batch, r.ticker.C, r.safe)
+		if err != nil {
+			return err
+		}
+		if waited {
+			// The server was not read while the pipeline was blocked:
+			// that silence was ours, and says nothing about the
+			// connection. Measure it again from now.
+			r.lastHeard = time.Now()
+		}
+		r.co.handedOff(r.now)
+		if r.confirmAt.IsZero() {
+			r.confirmAt = r.now.Add(r.soon)
+		}
+	} else {
+		// Keepalives are only offered: a busy pipeline does not need
+		// them, and the next one supersedes them.
+		select {
+		case r.out <- r.batch:
+		default:
+			r.batch = r.batch[:0]
+			return nil
+		}
+	}
+	r.batch, r.hasData, r.batchBytes = newBatch(), false, 0
+	return nil
 }
 
 // coalesceBytes is the socket's receive low-water mark while coalescing:
