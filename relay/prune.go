@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 	"github.com/outbox-relay/outbox-relay/slot"
 )
 
@@ -177,8 +178,8 @@ func (p *pruner) collect(ctx context.Context) error {
 		return fmt.Errorf("reading the WAL position: %w", err)
 	}
 	q := fmt.Sprintf(`SELECT %s::text FROM %s WHERE %s < now() - $1 * interval '1 microsecond' ORDER BY %s LIMIT %d`,
-		pgx.Identifier{p.idColumn}.Sanitize(), p.table.Sanitize(), pgx.Identifier{p.ageColumn}.Sanitize(),
-		pgx.Identifier{p.ageColumn}.Sanitize(), pruneScan)
+		pgname.Quote(p.idColumn), p.table.Sanitize(), pgname.Quote(p.ageColumn),
+		pgname.Quote(p.ageColumn), pruneScan)
 	rows, err := tx.Query(qctx, q, p.after.Microseconds())
 	if err != nil {
 		return fmt.Errorf("finding rows older than %s: %w", p.after, err)
@@ -198,7 +199,7 @@ func (p *pruner) collect(ctx context.Context) error {
 // statement its own transaction so locks and WAL stay small.
 func (p *pruner) deletePending(ctx context.Context) (int, error) {
 	q := fmt.Sprintf(`DELETE FROM %s WHERE %s = ANY($1::%s[])`,
-		p.table.Sanitize(), pgx.Identifier{p.idColumn}.Sanitize(), p.idType)
+		p.table.Sanitize(), pgname.Quote(p.idColumn), p.idType)
 	deleted := 0
 	for i := 0; i < len(p.pending); i += pruneBatch {
 		batch := p.pending[i:min(i+pruneBatch, len(p.pending))]
@@ -273,5 +274,5 @@ func columnsOf(c decoder.Config) decoder.Columns {
 // tableIdent is the outbox table as a quotable identifier.
 func tableIdent(c slot.Config) pgx.Identifier {
 	schema, name := c.SchemaAndName()
-	return pgx.Identifier{schema, name}
+	return pgname.Table{Schema: schema, Name: name}.Identifier()
 }

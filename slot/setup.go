@@ -53,7 +53,7 @@ func Preflight(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	if !srv.superuser && !srv.replication {
 		return &Problem{
 			What: fmt.Sprintf("role %s may not use replication (it has neither the REPLICATION nor the SUPERUSER attribute)", srv.role),
-			Fix:  fmt.Sprintf("as a superuser, run ALTER ROLE %s REPLICATION", pgx.Identifier{srv.role}.Sanitize()),
+			Fix:  fmt.Sprintf("as a superuser, run ALTER ROLE %s REPLICATION", pgname.Quote(srv.role)),
 		}
 	}
 	if srv.maxSlots == 0 {
@@ -133,7 +133,7 @@ func Drop(ctx context.Context, conn *pgx.Conn, cfg Config) (Changes, error) {
 		return ch, fmt.Errorf("looking up publication %s: %w", cfg.Publication, err)
 	}
 	if exists {
-		if _, err := conn.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{cfg.Publication}.Sanitize()); err != nil {
+		if _, err := conn.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgname.Quote(cfg.Publication)); err != nil {
 			return ch, fmt.Errorf("dropping publication %s: %w", cfg.Publication, err)
 		}
 		ch.Publication = true
@@ -279,7 +279,7 @@ func checkExistingPublication(ctx context.Context, conn *pgx.Conn, cfg Config, k
 // decoder skips what is not an outbox insert.
 func checkPublication(ctx context.Context, conn *pgx.Conn, cfg Config, kind string, p publication) error {
 	schema, name, _ := cfg.table()
-	pub := pgx.Identifier{cfg.Publication}.Sanitize()
+	pub := pgname.Quote(cfg.Publication)
 	tbl := pgname.Table{Schema: schema, Name: name}.Quoted()
 	if !p.insert {
 		return &Problem{

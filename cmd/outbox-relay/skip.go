@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/outbox-relay/outbox-relay/decoder"
+	"github.com/outbox-relay/outbox-relay/outbox/pgname"
 	"github.com/outbox-relay/outbox-relay/slot"
 )
 
@@ -98,8 +99,8 @@ func findRow(ctx context.Context, conn *pgx.Conn, cfg slot.Config, idColumn, id 
 	}
 	schema, name := cfg.SchemaAndName()
 	var row string
-	err := conn.QueryRow(ctx, `select row_to_json(t)::text from `+pgx.Identifier{schema, name}.Sanitize()+` t where `+
-		pgx.Identifier{idColumn}.Sanitize()+`::text = $1 limit 1`, id).Scan(&row)
+	err := conn.QueryRow(ctx, `select row_to_json(t)::text from `+pgname.Table{Schema: schema, Name: name}.Quoted()+` t where `+
+		pgname.Quote(idColumn)+`::text = $1 limit 1`, id).Scan(&row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", nil
 	}

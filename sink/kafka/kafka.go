@@ -93,8 +93,8 @@ const (
 	// DefaultFlushFrequency is short because a batch also grows while the
 	// previous request to its broker is in flight (one at a time): under
 	// load batches stay large, and at a few thousand events a second the
-	// linger is most of the relay's own latency (bench: insert-to-ack p50
-	// 3.1-3.6ms at 250us vs 3.9-5.2ms at 1ms, same drain rate).
+	// linger is most of the relay's own latency (a longer one costs
+	// insert-to-ack latency and buys no drain rate: make bench).
 	DefaultFlushFrequency = 250 * time.Microsecond
 	// DefaultRetryMax keeps retrying a retriable error (leader moved,
 	// broker down) for hours (2,000 retries, backoff capped at 5s: about
