@@ -1,6 +1,7 @@
 // Package sink is what the relay's publishers share: the contract each of
 // them keeps (Publisher), their in-flight cap (Slots, Gate), the retry
-// policy of the non-Kafka ones (Retry), the destination templates
+// policy of the non-Kafka ones (Retry), the ack side of the ones that
+// await confirmations (ConfirmPipeline), the destination templates
 // (Template) and the JSON shape of an event (EventJSON). The publishers
 // themselves live in one subpackage per destination: sink/kafka,
 // sink/nats, sink/rabbitmq, sink/redis, sink/webhook and sink/stdout.
