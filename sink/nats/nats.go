@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -141,26 +140,17 @@ type Sink struct {
 	js   jetstream.JetStream
 	log  *slog.Logger
 
-	gate    *sink.Gate[*natsItem]
-	futures chan *natsItem // in-flight publishes, in send order
-	failed  sink.Sticky
-	ackDone chan struct{}
-	once    sync.Once
+	confirms *sink.ConfirmPipeline[*natsItem]
 }
 
 var _ sink.Publisher = (*Sink)(nil)
 
 type natsItem struct {
-	key     string
 	subject string
 	header  natsgo.Header
 	data    []byte
-	ack     func(error)
 
-	fut      jetstream.PubAckFuture
-	err      error // set when the publish could not even be sent
-	first    time.Time
-	attempts int
+	fut jetstream.PubAckFuture // of the latest attempt
 }
 
 // New connects, checks (or creates) the stream and starts the ack
@@ -193,17 +183,14 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 			return nil, err
 		}
 	}
-	n := &Sink{
-		cfg:     cfg,
-		subj:    subj,
-		nc:      nc,
-		js:      js,
-		log:     cfg.Logger,
-		gate:    sink.NewGate[*natsItem](cfg.MaxInFlight),
-		futures: make(chan *natsItem, cfg.MaxInFlight),
-		ackDone: make(chan struct{}),
-	}
-	go n.acks()
+	n := &Sink{cfg: cfg, subj: subj, nc: nc, js: js, log: cfg.Logger}
+	n.confirms = sink.NewConfirmPipeline(cfg.MaxInFlight, cfg.Retry, sink.ConfirmFuncs[*natsItem]{
+		Send:     n.send,
+		Wait:     wait,
+		Retrying: n.retrying,
+		Failed:   n.publishError,
+		Closed:   n.closed,
+	})
 	n.log.Info("connected to NATS", "url", sink.RedactURL(cfg.URL), "subject", cfg.Subject, "max_in_flight", cfg.MaxInFlight)
 	return n, nil
 }
@@ -236,7 +223,7 @@ var natsSubjectValue = strings.NewReplacer(" ", "_", "\t", "_", "\r", "_", "\n",
 // returns ctx.Err() or a closed error without calling ack. Otherwise ack is
 // called exactly once from the ack goroutine. Publish copies what it needs.
 func (n *Sink) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
-	if err := n.gate.Acquire(ctx); err != nil {
+	if err := n.confirms.Acquire(ctx); err != nil {
 		return sink.PrefixClosed("nats", err)
 	}
 	h := make(natsgo.Header, 4+len(ev.Headers))
@@ -248,87 +235,57 @@ func (n *Sink) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) 
 	h["aggregate_type"] = []string{ev.AggregateType}
 	h[jetstream.MsgIDHeader] = []string{ev.ID}
 	it := &natsItem{
-		key:     ev.AggregateID,
 		subject: n.subj.RenderEscaped(ev, natsSubjectValue),
 		header:  h,
 		data:    append([]byte(nil), ev.Payload...),
-		ack:     ack,
 	}
-	send, err := n.gate.Admit(it.key, it)
-	if err != nil {
-		return sink.PrefixClosed("nats", err)
-	}
-	if send {
-		n.send(it)
-	}
-	return nil
+	return sink.PrefixClosed("nats", n.confirms.Submit(ev.AggregateID, it, ack))
 }
 
-// send starts one attempt; the result reaches the ack goroutine.
-func (n *Sink) send(it *natsItem) {
-	if it.first.IsZero() {
-		it.first = time.Now()
+// send starts one asynchronous publish of it (sink.ConfirmFuncs.Send).
+func (n *Sink) send(it *natsItem) (err error) {
+	msg := &natsgo.Msg{Subject: it.subject, Header: it.header, Data: it.data}
+	it.fut, err = n.js.PublishMsgAsync(msg)
+	return err
+}
+
+// wait waits for the publish ack of the latest attempt of it.
+func wait(it *natsItem) error {
+	select {
+	case <-it.fut.Ok():
+		return nil
+	case err := <-it.fut.Err():
+		return err
 	}
-	it.attempts++
-	it.fut, it.err = nil, n.failed.Get()
-	if it.err == nil {
-		msg := &natsgo.Msg{Subject: it.subject, Header: it.header, Data: it.data}
-		it.fut, it.err = n.js.PublishMsgAsync(msg)
-	}
-	// Never blocks: futures has room for every in-flight event.
-	n.futures <- it
+}
+
+// retrying logs a retry (sink.ConfirmFuncs.Retrying).
+func (n *Sink) retrying(it *natsItem, attempt int, err error) {
+	n.log.Warn("NATS publish failed; retrying", "event_id", it.header.Get("id"), "subject", it.subject, "attempt", attempt, "error", err)
 }
 
 // InFlight returns how many published events have not had their ack
 // called yet.
-func (n *Sink) InFlight() int { return n.gate.InFlight() }
+func (n *Sink) InFlight() int { return n.confirms.InFlight() }
 
 // Close stops accepting events, waits until every published event's ack was
 // called (in-flight publishes finish or exhaust their retries), then closes
 // the connection. Calling it again returns the same result.
 func (n *Sink) Close() error {
-	n.once.Do(func() {
-		n.gate.Close()
-		n.gate.Wait()
-		close(n.futures)
-		<-n.ackDone
-		n.nc.Close()
-		n.log.Info("NATS connection closed")
-	})
+	n.confirms.Close()
 	return nil
 }
 
-// acks is the ack goroutine.
-func (n *Sink) acks() {
-	defer close(n.ackDone)
-	for it := range n.futures {
-		err := it.err
-		if err == nil {
-			select {
-			case <-it.fut.Ok():
-			case err = <-it.fut.Err():
-			}
-		}
-		if err != nil && n.failed.Get() == nil && time.Since(it.first) < n.cfg.Retry.Timeout {
-			n.log.Warn("NATS publish failed; retrying", "event_id", it.header.Get("id"), "subject", it.subject, "attempt", it.attempts, "error", err)
-			sink.Sleep(nil, n.cfg.Retry.Backoff(it.attempts))
-			n.send(it)
-			continue
-		}
-		if err != nil {
-			err = n.publishError(it, err)
-			n.failed.Set(err)
-		}
-		it.ack(err)
-		if next, ok := n.gate.Done(it.key); ok {
-			n.send(next)
-		}
-	}
+// closed closes the connection once the acks are done
+// (sink.ConfirmFuncs.Closed).
+func (n *Sink) closed() {
+	n.nc.Close()
+	n.log.Info("NATS connection closed")
 }
 
 // publishError names the subject of a publish that failed for good and,
 // when no stream answered, says what to create.
-func (n *Sink) publishError(it *natsItem, err error) error {
+func (n *Sink) publishError(it *natsItem, attempts int, err error) error {
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, natsgo.ErrNoResponders) {
 		filter := it.subject
 		if p := n.subj.Prefix(); !n.subj.Constant() && strings.HasSuffix(p, ".") {
@@ -342,5 +299,5 @@ func (n *Sink) publishError(it *natsItem, err error) error {
 			"which creates stream %s (--nats-stream) over %s, or create one yourself: nats stream add %s --subjects '%s'",
 			it.subject, err, stream, filter, stream, filter)
 	}
-	return fmt.Errorf("publishing to NATS subject %s after %d attempts: %w", it.subject, it.attempts, err)
+	return fmt.Errorf("publishing to NATS subject %s after %d attempts: %w", it.subject, attempts, err)
 }

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -130,29 +128,20 @@ type Sink struct {
 	ch       *amqp.Channel
 	log      *slog.Logger
 
-	gate     *sink.Gate[*rabbitItem]
-	pending  chan *rabbitItem
+	confirms *sink.ConfirmPipeline[*rabbitItem]
 	returns  chan amqp.Return
 	returned map[string]amqp.Return // message id -> return, ack goroutine only
-	failed   sink.Sticky
-	ackDone  chan struct{}
-	once     sync.Once
 }
 
 var _ sink.Publisher = (*Sink)(nil)
 
 type rabbitItem struct {
 	id       string
-	key      string
 	exchange string
 	routing  string
 	msg      amqp.Publishing
-	ack      func(error)
 
-	conf     *amqp.DeferredConfirmation
-	err      error
-	first    time.Time
-	attempts int
+	conf *amqp.DeferredConfirmation // of the latest attempt
 }
 
 // New connects, opens a channel in confirm mode, declares the
@@ -186,13 +175,17 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		conn:     conn,
 		ch:       ch,
 		log:      cfg.Logger,
-		gate:     sink.NewGate[*rabbitItem](cfg.MaxInFlight),
-		pending:  make(chan *rabbitItem, cfg.MaxInFlight),
 		returns:  ch.NotifyReturn(make(chan amqp.Return, cfg.MaxInFlight)),
 		returned: make(map[string]amqp.Return),
-		ackDone:  make(chan struct{}),
 	}
-	go r.acks()
+	r.confirms = sink.NewConfirmPipeline(cfg.MaxInFlight, cfg.Retry, sink.ConfirmFuncs[*rabbitItem]{
+		Send:      r.send,
+		Wait:      r.confirmed,
+		Retryable: r.retryable,
+		Retrying:  r.retrying,
+		Failed:    publishError,
+		Closed:    r.closed,
+	})
 	r.log.Info("connected to RabbitMQ", "url", sink.RedactURL(cfg.URL), "exchange", cfg.Exchange, "routing_key", cfg.RoutingKey, "mandatory", cfg.Mandatory)
 	return r, nil
 }
@@ -201,7 +194,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 // blocks at MaxInFlight and returns ctx.Err() or a closed error without
 // calling ack; otherwise ack is called exactly once from the ack goroutine.
 func (r *Sink) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) error {
-	if err := r.gate.Acquire(ctx); err != nil {
+	if err := r.confirms.Acquire(ctx); err != nil {
 		return sink.PrefixClosed("rabbitmq", err)
 	}
 	h := make(amqp.Table, 4+len(ev.Headers))
@@ -214,7 +207,6 @@ func (r *Sink) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) 
 	h["aggregate_id"] = ev.AggregateID
 	it := &rabbitItem{
 		id:       ev.ID,
-		key:      ev.AggregateID,
 		exchange: r.exchange.Render(ev),
 		routing:  r.key.Render(ev),
 		msg: amqp.Publishing{
@@ -226,71 +218,50 @@ func (r *Sink) Publish(ctx context.Context, ev *decoder.Event, ack func(error)) 
 			Timestamp:    ev.CreatedAt,
 			Body:         append([]byte(nil), ev.Payload...),
 		},
-		ack: ack,
 	}
-	send, err := r.gate.Admit(it.key, it)
-	if err != nil {
-		return sink.PrefixClosed("rabbitmq", err)
-	}
-	if send {
-		r.send(it)
-	}
-	return nil
+	return sink.PrefixClosed("rabbitmq", r.confirms.Submit(ev.AggregateID, it, ack))
 }
 
-func (r *Sink) send(it *rabbitItem) {
-	if it.first.IsZero() {
-		it.first = time.Now()
-	}
-	it.attempts++
-	it.conf, it.err = nil, r.failed.Get()
-	if it.err == nil {
-		it.conf, it.err = r.ch.PublishWithDeferredConfirm(it.exchange, it.routing, r.cfg.Mandatory, false, it.msg)
-	}
-	r.pending <- it // never blocks: room for every in-flight event
+// send starts one publish of it with a deferred confirm
+// (sink.ConfirmFuncs.Send).
+func (r *Sink) send(it *rabbitItem) (err error) {
+	it.conf, err = r.ch.PublishWithDeferredConfirm(it.exchange, it.routing, r.cfg.Mandatory, false, it.msg)
+	return err
+}
+
+// retryable: a returned event stays unroutable, and a closed channel
+// confirms nothing more; the relay resumes with a new connection.
+func (r *Sink) retryable(err error) bool {
+	return !errors.Is(err, ErrUnroutable) && !r.ch.IsClosed()
+}
+
+// retrying logs a retry (sink.ConfirmFuncs.Retrying).
+func (r *Sink) retrying(it *rabbitItem, attempt int, err error) {
+	r.log.Warn("RabbitMQ publish failed; retrying", "event_id", it.id, "attempt", attempt, "error", err)
+}
+
+// publishError names the exchange and routing key of a publish that
+// failed for good.
+func publishError(it *rabbitItem, _ int, err error) error {
+	return fmt.Errorf("publishing to RabbitMQ exchange %q routing key %q: %w", it.exchange, it.routing, err)
 }
 
 // InFlight returns how many published events have not had their ack
 // called yet.
-func (r *Sink) InFlight() int { return r.gate.InFlight() }
+func (r *Sink) InFlight() int { return r.confirms.InFlight() }
 
 // Close stops accepting events, waits until every published event's ack was
 // called, then closes the channel and connection.
 func (r *Sink) Close() error {
-	r.once.Do(func() {
-		r.gate.Close()
-		r.gate.Wait()
-		close(r.pending)
-		<-r.ackDone
-		r.conn.Close()
-		r.log.Info("RabbitMQ connection closed")
-	})
+	r.confirms.Close()
 	return nil
 }
 
-func (r *Sink) acks() {
-	defer close(r.ackDone)
-	for it := range r.pending {
-		err := it.err
-		if err == nil {
-			err = r.confirmed(it)
-		}
-		if err != nil && !errors.Is(err, ErrUnroutable) && !r.ch.IsClosed() &&
-			r.failed.Get() == nil && time.Since(it.first) < r.cfg.Retry.Timeout {
-			r.log.Warn("RabbitMQ publish failed; retrying", "event_id", it.id, "attempt", it.attempts, "error", err)
-			sink.Sleep(nil, r.cfg.Retry.Backoff(it.attempts))
-			r.send(it)
-			continue
-		}
-		if err != nil {
-			err = fmt.Errorf("publishing to RabbitMQ exchange %q routing key %q: %w", it.exchange, it.routing, err)
-			r.failed.Set(err)
-		}
-		it.ack(err)
-		if next, ok := r.gate.Done(it.key); ok {
-			r.send(next)
-		}
-	}
+// closed closes the connection, and with it the channel, once the acks
+// are done (sink.ConfirmFuncs.Closed).
+func (r *Sink) closed() {
+	r.conn.Close()
+	r.log.Info("RabbitMQ connection closed")
 }
 
 // confirmed waits for the item's confirm, collecting returns meanwhile. The
