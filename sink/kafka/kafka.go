@@ -1267,7 +1267,11 @@ func (k *Sink) watchStalls() {
 			// Fenced, most likely, while publishing: sarama would retry for
 			// hours and the pipeline wait at the in-flight cap. (A commit
 			// in progress sees it too, and says why.)
-			cause := k.txnError("publishing in a Kafka transaction", k.txn.firstError())
+			failed := k.txn.firstFailure()
+			if failed == nil {
+				failed = errors.New("the transaction manager is in an error state")
+			}
+			cause := k.txnError("publishing in a Kafka transaction", failed)
 			k.log.Warn("the Kafka transaction cannot go on; aborting the producer", "err", cause)
 			go k.abortWith(cause)
 			return

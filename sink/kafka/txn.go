@@ -126,17 +126,6 @@ func (t *txnState) returnedRecord(r *record, err error) {
 	t.changed = make(chan struct{})
 }
 
-// firstError is the first record error of the transaction, or a generic
-// one.
-func (t *txnState) firstError() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.failed != nil {
-		return t.failed
-	}
-	return errors.New("the transaction manager is in an error state")
-}
-
 // firstFailure is the first record error of the transaction, or nil.
 func (t *txnState) firstFailure() error {
 	t.mu.Lock()
@@ -242,11 +231,9 @@ wait:
 		err = rerr
 	}
 	if err != nil {
-		t.mu.Lock()
-		if t.failed != nil {
-			err = t.failed // what put the transaction in error
+		if failed := t.firstFailure(); failed != nil {
+			err = failed // what put the transaction in error
 		}
-		t.mu.Unlock()
 		err = k.txnError("committing the Kafka transaction", err)
 		k.abortTxn(err)
 		return err
