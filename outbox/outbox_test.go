@@ -38,6 +38,7 @@ func TestInvalidEventsSendNothing(t *testing.T) {
 		{with(func(e *outbox.Event) { e.AggregateID = "" }), "aggregate id is empty"},
 		{with(func(e *outbox.Event) { e.EventType = "" }), "event type is empty"},
 		{with(func(e *outbox.Event) { e.Payload = []byte(`{"a":`) }), "payload is not valid JSON"},
+		{with(func(e *outbox.Event) { e.Payload = nil }), "payload is not valid JSON"},
 		{with(func(e *outbox.Event) { e.ID = "not-a-uuid" }), `id "not-a-uuid" is not a UUID`},
 		{with(func(e *outbox.Event) { e.Headers = map[string]string{"": "x"} }), "empty key"},
 	} {
