@@ -370,7 +370,9 @@ func writeDemoTx(ctx context.Context, conn *pgx.Conn, rng *rand.Rand, n int) err
 			return err
 		}
 	}
-	return tx.Commit(ctx)
+	// Not cancellable: a stop that cut the commit short could leave it
+	// committed but not counted as written.
+	return tx.Commit(context.WithoutCancel(ctx))
 }
 
 // consumeDemo reads the events back with an independent Kafka client and
