@@ -611,7 +611,13 @@ func (w *confirmWatcher) close() {
 	<-w.done
 }
 
-// endOffsets lists the end offset of every partition of the topics.
+// endOffsets lists the end offset of every partition of the topics: the
+// highest any broker reports. Every broker is asked, not only the leader
+// the client has in its metadata: a leader that was frozen and woke up
+// still answers, with its old end offset, until it learns it was
+// replaced, while the new leader has more. Followers refuse (not the
+// leader), a frozen broker times out; a partition no broker answered for
+// is an error.
 func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[string]map[int32]int64, error) {
 	meta := kmsg.NewPtrMetadataRequest()
 	for _, tp := range topics {
@@ -629,6 +635,7 @@ func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[strin
 	// read_committed consumers are written a moment later; a commit
 	// decided is never undone.)
 	req := kmsg.NewPtrListOffsetsRequest()
+	want := 0
 	for _, mt := range mresp.Topics {
 		if mt.ErrorCode != 0 || mt.Topic == nil {
 			continue // topic not created yet: nothing published to it
@@ -640,27 +647,53 @@ func endOffsets(ctx context.Context, cl *kgo.Client, topics []string) (map[strin
 			rp.Partition = mp.Partition
 			rp.Timestamp = -1 // latest
 			rt.Partitions = append(rt.Partitions, rp)
+			want++
 		}
 		req.Topics = append(req.Topics, rt)
 	}
 	out := map[string]map[int32]int64{}
-	if len(req.Topics) == 0 {
+	if want == 0 {
 		return out, nil
 	}
-	resp, err := req.RequestWith(ctx, cl)
-	if err != nil {
-		return nil, err
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		got int
+	)
+	for _, b := range mresp.Brokers {
+		wg.Add(1)
+		go func(id int32) {
+			defer wg.Done()
+			bctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			own := *req // the client sets the version on the request it sends
+			resp, err := cl.Broker(int(id)).Request(bctx, &own)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, rt := range resp.(*kmsg.ListOffsetsResponse).Topics {
+				for _, rp := range rt.Partitions {
+					if rp.ErrorCode != 0 {
+						continue
+					}
+					if out[rt.Topic] == nil {
+						out[rt.Topic] = map[int32]int64{}
+					}
+					if prev, ok := out[rt.Topic][rp.Partition]; !ok {
+						got++
+					} else if prev >= rp.Offset {
+						continue
+					}
+					out[rt.Topic][rp.Partition] = rp.Offset
+				}
+			}
+		}(b.NodeID)
 	}
-	for _, rt := range resp.Topics {
-		for _, rp := range rt.Partitions {
-			if rp.ErrorCode != 0 {
-				return nil, fmt.Errorf("list offsets %s/%d: error code %d", rt.Topic, rp.Partition, rp.ErrorCode)
-			}
-			if out[rt.Topic] == nil {
-				out[rt.Topic] = map[int32]int64{}
-			}
-			out[rt.Topic][rp.Partition] = rp.Offset
-		}
+	wg.Wait()
+	if got < want {
+		return nil, fmt.Errorf("list offsets: %d of %d partitions had no broker answer as leader", want-got, want)
 	}
 	return out, nil
 }
