@@ -31,7 +31,12 @@ import (
 // PostgreSQL transaction when it reaches TxnMaxEvents events or
 // TxnMaxBytes bytes, so that one huge transaction never needs more than
 // the in-flight caps (the checkpoint then counts the rows of the open
-// transaction that are published).
+// transaction that are published). While more WAL is already waiting to
+// be handled (a backlog), a transaction older than TxnLinger goes on
+// filling, up to backlogHold: a commit costs a broker round trip or
+// several whatever its size, and the pipeline publishes nothing while it
+// waits for one, so small transactions behind a backlog would make the
+// relay fall further behind.
 
 // TransactionalPublisher is a Publisher that publishes in broker
 // transactions, for Config.ExactlyOnce.
@@ -61,6 +66,10 @@ const (
 	DefaultTxnMaxBytes  = 16 << 20
 	DefaultTxnLinger    = 10 * time.Millisecond
 )
+
+// backlogHold is how long a broker transaction may stay open while more
+// WAL waits behind it (at least TxnLinger).
+const backlogHold = 100 * time.Millisecond
 
 // txnDriver decides when the pipeline's broker transaction ends, and what
 // its checkpoint says. Only the pipeline goroutine uses it.
@@ -155,26 +164,39 @@ func (d *txnDriver) published(size int64) {
 }
 
 // committed is told of each PostgreSQL commit; it commits the broker
-// transaction once it is old enough.
-func (d *txnDriver) committed(ctx context.Context, end pglogrepl.LSN) error {
+// transaction once it is old enough: TxnLinger, or backlogHold while more
+// WAL is waiting (more).
+func (d *txnDriver) committed(ctx context.Context, end pglogrepl.LSN, more bool) error {
 	if d.events == 0 {
 		return nil
 	}
 	d.openEnd = end
-	if time.Since(d.began) < d.linger {
+	if d.young(more) {
 		return nil
 	}
 	return d.commit(ctx, 0)
+}
+
+// young reports whether the open broker transaction may stay open: it is
+// younger than TxnLinger, or more WAL is waiting and it is younger than
+// backlogHold.
+func (d *txnDriver) young(more bool) bool {
+	age := time.Since(d.began)
+	return age < d.linger || more && age < max(d.linger, backlogHold)
 }
 
 // expired returns the linger timer's channel.
 func (d *txnDriver) expired() <-chan time.Time { return d.timer.C }
 
 // lingered commits the open broker transaction when the linger timer
-// fired; rows is how many rows of an open PostgreSQL transaction are in it
-// (0 between transactions).
-func (d *txnDriver) lingered(ctx context.Context, inTxn bool) error {
+// fired, with the rows of the open PostgreSQL transaction (inTxn) that are
+// in it; while more WAL is waiting, it waits again, up to backlogHold.
+func (d *txnDriver) lingered(ctx context.Context, inTxn, more bool) error {
 	if d.events == 0 {
+		return nil
+	}
+	if more && d.young(true) {
+		d.timer.Reset(max(d.linger, backlogHold) - time.Since(d.began))
 		return nil
 	}
 	var rows int64

@@ -41,6 +41,9 @@ type pipeline struct {
 
 	inTxn        bool
 	readerFailed bool
+	// more is set while a message is handled if the reader has queued
+	// more batches behind it: the pipeline is behind.
+	more bool
 
 	// deadLetters, if set, takes poison events (OnErrorDeadLetter);
 	// without it a poison event stops the relay (OnErrorStop).
@@ -109,7 +112,7 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, r
 		select {
 		case <-lingered:
 			// The stream went quiet with a broker transaction open.
-			if err := p.eos.lingered(pubCtx, p.inTxn); err != nil {
+			if err := p.eos.lingered(pubCtx, p.inTxn, len(msgs) > 0); err != nil {
 				if cause := context.Cause(pubCtx); cause != nil {
 					return cause // an ack's failure says more
 				}
@@ -130,7 +133,7 @@ func (p *pipeline) run(ctx context.Context, msgs <-chan []replication.Message, r
 			p.readerFailed = true
 			return errors.New("replication stream ended")
 		case batch := <-msgs:
-			if done, err := p.handleBatch(ctx, pubCtx, batch); done {
+			if done, err := p.handleBatch(ctx, pubCtx, batch, msgs); done {
 				return err
 			}
 		}
@@ -162,8 +165,10 @@ func (p *pipeline) endPublishingAt(expired <-chan struct{}) (stop func()) {
 // any, which says more) or when a graceful stop reached a transaction
 // boundary: the rest of the batch is not confirmed and streams again
 // later.
-func (p *pipeline) handleBatch(ctx, pubCtx context.Context, batch []replication.Message) (done bool, err error) {
+func (p *pipeline) handleBatch(ctx, pubCtx context.Context, batch []replication.Message, queued <-chan []replication.Message) (done bool, err error) {
 	for _, m := range batch {
+		// The reader has queued more batches: the pipeline is behind.
+		p.more = len(queued) > 0
 		if err := p.handle(pubCtx, m); err != nil {
 			if cause := context.Cause(pubCtx); cause != nil {
 				return true, cause
@@ -230,7 +235,7 @@ func (p *pipeline) handle(ctx context.Context, m replication.Message) error {
 		p.obs.TransactionDecoded()
 		p.inTxn = false
 		if p.eos != nil {
-			return p.eos.committed(ctx, op.EndLSN)
+			return p.eos.committed(ctx, op.EndLSN, p.more)
 		}
 	}
 	return nil
