@@ -65,7 +65,7 @@ func kafkaFlags() []cli.Flag {
 		&cli.Int64Flag{Name: "kafka-txn-max-bytes", Value: relay.DefaultTxnMaxBytes, EnvVars: env("KAFKA_TXN_MAX_BYTES"),
 			Usage: "with --exactly-once, commit a Kafka transaction once it holds this many bytes (at most half of --max-in-flight-bytes)"},
 		&cli.DurationFlag{Name: "kafka-txn-linger", Value: relay.DefaultTxnLinger, EnvVars: env("KAFKA_TXN_LINGER"),
-			Usage: "with --exactly-once, commit a Kafka transaction this long after its first event, at the next PostgreSQL commit, or when the stream goes quiet"},
+			Usage: "with --exactly-once, commit a Kafka transaction this long after its first event, at the next PostgreSQL commit, or when the stream goes quiet (up to 100ms while received WAL waits behind it)"},
 		&cli.DurationFlag{Name: "kafka-txn-timeout", Value: kafka.DefaultTransactionTimeout, EnvVars: env("KAFKA_TXN_TIMEOUT"),
 			Usage: "with --exactly-once, transaction.timeout.ms: the broker aborts a transaction left open this long"},
 	}
