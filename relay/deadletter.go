@@ -30,10 +30,6 @@ type deadLetters struct {
 	release func(n int64)
 	// sent remembers the events whose dead letter was acknowledged.
 	sent *deadLettered
-	// poisoned is set with exactly-once publishing: a dead letter the
-	// broker rejects inside a transaction is aborted with it, and the
-	// cut-down one goes out in the next session.
-	poisoned *knownPoison
 
 	mu     sync.Mutex
 	queue  []deadLetter
@@ -96,9 +92,6 @@ func (d *deadLetters) publish(ctx context.Context, dl deadLetter, fail func(erro
 			d.obs.EventDeadLettered()
 			d.log.Warn("event sent to the dead-letter topic", "slot", d.slot, "event_id", id, "lsn", dl.pz.lsn,
 				"topic", dl.pz.originalTopic(), "dead_letter_topic", d.topic, "err", dl.pz.err)
-		case isRejected(err) && dl.level < dlMinimal && d.poisoned != nil:
-			d.poisoned.raise(id, dlMinimal)
-			fail(fmt.Errorf("the dead letter of event %s was rejected by %s inside a Kafka transaction, which is aborted; the next session sends a minimal one: %w", id, d.topic, err))
 		case isRejected(err) && dl.level < dlMinimal:
 			dl.level = dlMinimal
 			d.add(dl)

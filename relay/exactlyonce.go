@@ -284,54 +284,26 @@ func (r *Relay) resumePosition(ctx context.Context, pub TransactionalPublisher, 
 
 // knownPoison remembers events a broker rejected inside a transaction,
 // which was then aborted: the next session sets them aside in stream
-// order, in its own transaction, instead of publishing them. It also
-// remembers how far their dead letter must be cut down: one rejected
-// inside a transaction is aborted with it, so the smaller one goes out in
-// the next session. It outlives sessions.
+// order, in its own transaction, instead of publishing them. It outlives
+// sessions.
 type knownPoison struct {
 	mu sync.Mutex
-	m  map[string]knownRejection
-}
-
-type knownRejection struct {
-	err   error // why the broker rejected the event; nil for a row
-	level int   // of the dead letter to send (dlFull, dlCut, dlMinimal)
+	m  map[string]error
 }
 
 func (k *knownPoison) add(id string, err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.m == nil {
-		k.m = make(map[string]knownRejection)
+		k.m = make(map[string]error)
 	}
-	r := k.m[id]
-	r.err = err
-	k.m[id] = r
+	k.m[id] = err
 }
 
 func (k *knownPoison) get(id string) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.m[id].err
-}
-
-// raise makes the event's next dead letter the one of level.
-func (k *knownPoison) raise(id string, level int) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.m == nil {
-		k.m = make(map[string]knownRejection)
-	}
-	r := k.m[id]
-	r.level = max(r.level, level)
-	k.m[id] = r
-}
-
-// level is the level of the event's next dead letter.
-func (k *knownPoison) level(id string) int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.m[id].level
+	return k.m[id]
 }
 
 // startTransactions sets the pipeline up for exactly-once publishing: the
@@ -349,9 +321,6 @@ func (r *Relay) startTransactions(ctx context.Context, p *pipeline, stream *repl
 	}
 	p.eos = newTxnDriver(tp, r.cfg, r.log, r.obs, resume, stream.System())
 	p.poisoned = &r.poisoned
-	if p.deadLetters != nil {
-		p.deadLetters.poisoned = p.poisoned
-	}
 	return nil
 }
 

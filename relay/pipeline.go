@@ -324,11 +324,7 @@ func (p *pipeline) poison(ctx context.Context, pz poison, tok checkpoint.Token, 
 			return err
 		}
 	}
-	dl := deadLetter{pz: pz, tok: tok, size: size}
-	if p.poisoned != nil {
-		dl.level = p.poisoned.level(pz.eventID())
-	}
-	if err := p.deadLetters.publish(ctx, dl, p.fail); err != nil {
+	if err := p.deadLetters.publish(ctx, deadLetter{pz: pz, tok: tok, size: size}, p.fail); err != nil {
 		return err
 	}
 	p.published++

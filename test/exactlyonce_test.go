@@ -421,85 +421,6 @@ func TestExactlyOnceDeadLetterInTheSameTransaction(t *testing.T) {
 	}
 }
 
-// A dead letter the broker rejects inside a Kafka transaction is aborted
-// with it; the next session sends the minimal dead letter in its place,
-// once, rather than the full one again in every session.
-func TestExactlyOnceDeadLetterRejectedInsideATransaction(t *testing.T) {
-	t.Parallel()
-	ctx := t.Context()
-	db := pgtest.New(t)
-	migrate(t, db)
-	sc := newScenario(t, db, 10)
-	cluster := kafkatest.NewCluster(t)
-	var bigDead atomic.Int64
-	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		cluster.KeepControl()
-		for _, rt := range req.(*kmsg.ProduceRequest).Topics {
-			if rt.Topic == "outbox.refused" {
-				return produceErrorOn(req, rt.Topic, 87 /* INVALID_RECORD */), nil, true
-			}
-			if rt.Topic != "outbox.dead-letter" {
-				continue
-			}
-			for _, rp := range rt.Partitions {
-				if len(rp.Records) > 16<<10 { // a dead letter with the 40 KB payload
-					bigDead.Add(1)
-					return produceErrorOn(req, rt.Topic, 87), nil, true
-				}
-			}
-		}
-		return nil, nil, false
-	})
-	brokers := cluster.ListenAddrs()
-	relay := startRelay(t, eosArgs(db, brokers, "eos_dlreject", "--create-slot")...)
-	waitSlotActive(t, db, "eos_dlreject")
-	if err := sc.writeConcurrently(ctx, 1, 100, 5, nil); err != nil {
-		t.Fatal(err)
-	}
-	var refused string
-	if err := db.Conn(t).QueryRow(ctx, `insert into outbox (aggregate_type, aggregate_id, event_type, payload)
-		values ('refused', 'agg-r', 'refused', jsonb_build_object('pad', repeat('x', 40000))) returning id::text`).Scan(&refused); err != nil {
-		t.Fatal(err)
-	}
-	if err := sc.writeConcurrently(ctx, 1, 100, 5, nil); err != nil {
-		t.Fatal(err)
-	}
-	readCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if _, err := kafkatest.ReadN(readCtx, brokers, []string{"outbox.dead-letter"}, 1); err != nil {
-		t.Fatalf("reading the dead-letter topic (%d full dead letters rejected): %v\n%s", bigDead.Load(), err, tail(relay.out.String(), 20))
-	}
-	exactlyOnce(t, sc, sc.readBack(t, brokers))
-	dead, _ := kafkatest.ReadAll(ctx, brokers, []string{"outbox.dead-letter"}, time.Second)
-	if len(dead) != 1 || dead[0].Headers["id"] != refused || dead[0].Headers["outbox-relay-truncated"] == "" || len(dead[0].Value) != 0 {
-		t.Fatalf("dead letters visible to read_committed: %d (want 1: the minimal one of %s, no payload, a truncated header); first %+v", len(dead), refused, dead[0].Headers)
-	}
-	// The session ends at the rejection: at the commit that finds it, or,
-	// while the transaction is still filling, at the next record for the
-	// partition it failed.
-	said := relay.out.String()
-	if bigDead.Load() == 0 || !strings.Contains(said, "the next session sends a minimal one") && !strings.Contains(said, "an earlier record of this partition failed") {
-		t.Fatalf("the full dead letter's rejection was not exercised (%d rejected)", bigDead.Load())
-	}
-}
-
-// produceErrorOn answers a produce request with errCode for the partitions
-// of topic, as a broker rejecting their records does, and with
-// NOT_LEADER_OR_FOLLOWER, which the producer retries, for the other
-// partitions the request carried: nothing of theirs is stored.
-func produceErrorOn(req kmsg.Request, topic string, errCode int16) kmsg.Response {
-	resp := produceError(req, 6 /* NOT_LEADER_OR_FOLLOWER */).(*kmsg.ProduceResponse)
-	for i := range resp.Topics {
-		if resp.Topics[i].Topic != topic {
-			continue
-		}
-		for j := range resp.Topics[i].Partitions {
-			resp.Topics[i].Partitions[j].ErrorCode = errCode
-		}
-	}
-	return resp
-}
-
 // An event the broker rejects after accepting it into a transaction aborts
 // that transaction; the next session sets the event aside in stream order,
 // and a consumer reading committed data sees its dead letter and every
@@ -517,7 +438,7 @@ func TestExactlyOnceBrokerRejectionInsideATransaction(t *testing.T) {
 		for _, rt := range req.(*kmsg.ProduceRequest).Topics {
 			if rt.Topic == "outbox.refused" {
 				rejected.Add(1)
-				return produceErrorOn(req, rt.Topic, 87 /* INVALID_RECORD */), nil, true
+				return produceError(req, 87 /* INVALID_RECORD */), nil, true
 			}
 		}
 		return nil, nil, false
